@@ -1,0 +1,235 @@
+"""THE training loop: train(cfg, report) and evaluate(); plain PyTorch, knows nothing of Ray, Optuna or MLflow.
+
+Used by everything that trains: the sanity tools, the search trials and the retrain of the best setting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data.corrupt import Corruption, apply_mask, composite, random_masks
+from data.images import DEFAULT_IMAGES, ImageSet, fixed_masks, load_splits
+from losses.composite import CompositeLoss
+from models.unet import UNet
+from search.config import Config
+from search.metrics import hole_metrics
+from search.schedule import make_scheduler
+
+# report(metrics, make_checkpoint) is called after every epoch; returning True stops training.
+Report = Callable[[dict[str, float], Callable[[], dict]], Any]
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed | diverged | stopped
+    reason: str
+    epochs: int
+    steps: int
+    seconds: float
+    model: torch.nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def load_data(cfg: Config) -> dict[str, ImageSet]:
+    """The train and validation sets a config asks for (the embedded default images when data.root is empty)."""
+    d = cfg.data
+    root = Path(d.root) if d.root else DEFAULT_IMAGES
+    limits = {"val": d.val_images, "test": 0}
+    if d.train_images:
+        limits["train"] = d.train_images
+    sets, report = load_splits(root, d.image_size, d.val_fraction, d.test_fraction, limits, d.workers)
+    if report.skipped:
+        print(f"data: skipped {len(report.skipped)} unreadable file(s) under {root}, e.g. {report.skipped[0][0]}")
+    return sets
+
+
+def corruption_of(cfg: Config) -> Corruption:
+    return Corruption(cfg.data.n_holes, cfg.data.hole_size, cfg.data.image_size)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, images: ImageSet, masks: torch.Tensor, device: torch.device,
+    precision: str = "fp32", batch_size: int = 16, prefix: str = "val/",
+) -> dict[str, float]:
+    """Per-image mean of hole PSNR / SSIM / L1 and whole-image PSNR on fixed masks (composited output)."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    for idx, image in images.batches(batch_size, device):
+        mask = masks[idx].to(device)
+        with autocast(device, precision):
+            pred = model(apply_mask(image, mask))
+        for k, v in hole_metrics(composite(pred.float(), image, mask), image, mask).items():
+            sums[k] = sums.get(k, 0.0) + float(v.sum())
+    model.train(was_training)
+    n = max(len(images), 1)
+    return {f"{prefix}{k}": v / n for k, v in sums.items()}
+
+
+def train(
+    cfg: Config, report: Report | None = None, data: dict[str, ImageSet] | None = None,
+    resume: dict | None = None,
+) -> TrainResult:
+    """Train one U-Net as `cfg` says; evaluate and report after every epoch. Never trains on NaNs."""
+    cfg.validate()
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    gen = torch.Generator().manual_seed(cfg.train.seed)  # batch order and training holes
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    data = data if data is not None else load_data(cfg)
+    train_set, val_set = data["train"], data.get("val", data["train"])
+    if len(train_set) == 0 or (cfg.train.eval_every and len(val_set) == 0):
+        raise ValueError(
+            f"need training and validation images, got {len(train_set)} and {len(val_set)}: "
+            "add images or raise data.val_fraction"
+        )
+    corruption = corruption_of(cfg)
+    size = train_set.size
+    val_masks = fixed_masks(corruption, cfg.train.val_mask_seed, len(val_set), size)
+    train_masks = fixed_masks(corruption, cfg.train.train_mask_seed, len(train_set), size) \
+        if cfg.train.fixed_train_masks else None
+
+    memory = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = UNet(cfg.model).to(device, memory_format=memory)
+    loss_fn = CompositeLoss(cfg.loss).to(device, memory_format=memory)
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    bs = cfg.train.batch_size
+    steps_per_epoch = cfg.train.steps_per_epoch or math.ceil(len(train_set) / bs)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    scheduler = make_scheduler(optimizer, cfg.sched, total_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    start_epoch, step, history = 0, 0, []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        gen.set_state(resume["rng"])
+        start_epoch, step, history = resume["epoch"], resume["step"], list(resume.get("history", []))
+
+    def make_checkpoint() -> dict:
+        return {
+            "model": model.state_dict(), "config": cfg.to_flat(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": gen.get_state(), "epoch": epoch + 1, "step": step,
+            "history": history,
+        }
+
+    def batches():
+        # Cycle through shuffled passes until the epoch's step count is reached.
+        while True:
+            yield from train_set.batches(bs, device, shuffle=True, generator=gen)
+
+    stream = batches()
+    model.train()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t_epoch = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        for _ in range(steps_per_epoch):
+            idx, image = next(stream)
+            if train_masks is not None:
+                mask = train_masks[idx].to(device)
+            else:
+                mask = random_masks(corruption, image.shape[0], size, device, gen)
+            image = image.contiguous(memory_format=memory)
+            with autocast(device, precision):
+                pred = model(apply_mask(image, mask).contiguous(memory_format=memory))
+                loss, terms = loss_fn(pred, image, mask)
+            if not math.isfinite(loss.item()):
+                return _diverged(f"loss became {loss.item()} at step {step}", epoch, step, t0, model, history)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if o.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+                if not torch.isfinite(norm) and precision != "fp16":
+                    return _diverged(f"gradient norm became {float(norm)} at step {step}", epoch, step, t0,
+                                     model, history)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            for k, v in {"loss": loss.detach(), **terms}.items():
+                sums[k] = sums.get(k, 0.0) + v.float()
+        train_seconds = time.perf_counter() - t_epoch
+        metrics: dict[str, float] = {"epoch": epoch + 1, "step": step}
+        metrics.update({f"train/{k}": float(v) / steps_per_epoch for k, v in sums.items()})
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        metrics["train/images_per_s"] = steps_per_epoch * bs / max(train_seconds, 1e-9)
+        every = cfg.train.eval_every
+        if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
+            metrics.update(evaluate(model, val_set, val_masks, device, precision))
+        history.append(metrics)
+        if report is not None and report(metrics, make_checkpoint):
+            return TrainResult("stopped", "stopped by report", epoch + 1, step, time.perf_counter() - t0,
+                               model, history)
+    return TrainResult("completed", "", cfg.train.epochs, step, time.perf_counter() - t0, model, history)
+
+
+def _diverged(reason: str, epoch: int, step: int, t0: float, model, history) -> TrainResult:
+    return TrainResult("diverged", reason, epoch, step, time.perf_counter() - t0, model, history)
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> Path:
+    """Write atomically, so an interrupted save never leaves a half-written checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, Config]:
+    """Rebuild a trained model from any checkpoint: it carries its own flat config."""
+    ckpt = torch.load(Path(path), map_location=device, weights_only=False)
+    cfg = Config.from_flat(ckpt["config"])
+    model = UNet(cfg.model).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg
