@@ -165,12 +165,9 @@ def load_splits(
     chosen: dict[str, list[int]] = {s: [] for s in SPLITS}
     for i, key in enumerate(keys):
         chosen[split_of(key, val_fraction, test_fraction)].append(i)
-    for split, idx in chosen.items():
+    for idx in chosen.values():
         # Hash order, not name order, so a capped subset is not all from one sub-folder.
         idx.sort(key=lambda i: hashlib.sha1(keys[i].encode()).digest())
-        if limits and split in limits:
-            chosen[split] = idx[: limits[split]]
-    todo = sorted(i for idx in chosen.values() for i in idx)
 
     decoded: dict[int, np.ndarray] = {}
 
@@ -180,19 +177,33 @@ def load_splits(
         except Exception as exc:  # any decoder failure means "skip this file", never "stop the run"
             return i, None, f"{type(exc).__name__}: {exc}"
 
+    # A capped split takes the next candidates in hash order when some of its files turn out unreadable.
+    wanted = {s: (limits or {}).get(s, len(idx)) for s, idx in chosen.items()}
+    tried: set[int] = set()
+    done = 0
     # PIL releases the GIL while decoding, so threads scale without pickling images between processes.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for done, (i, arr, err) in enumerate(pool.map(work, todo), 1):
-            if arr is None:
-                report.skipped.append((keys[i], err))
-            else:
-                decoded[i] = arr
-            if progress is not None:
-                progress(done, len(todo))
+        while True:
+            todo = []
+            for split, idx in chosen.items():
+                have = sum(1 for i in idx if i in decoded)
+                todo += [i for i in idx if i not in tried][: max(0, wanted[split] - have)]
+            if not todo:
+                break
+            tried.update(todo)
+            for i, arr, err in pool.map(work, sorted(todo)):
+                done += 1
+                if arr is None:
+                    report.skipped.append((keys[i], err))
+                else:
+                    decoded[i] = arr
+                if progress is not None:
+                    progress(done, max(done, sum(wanted.values())))
+    for split, idx in chosen.items():
+        chosen[split] = [i for i in idx if i in decoded][: wanted[split]]
 
     sets = {}
-    for split, idx in chosen.items():
-        keep = [i for i in idx if i in decoded]
+    for split, keep in chosen.items():
         pixels = (
             torch.from_numpy(np.stack([decoded[i] for i in keep])).permute(0, 3, 1, 2).contiguous()
             if keep else torch.zeros(0, 3, size, size, dtype=torch.uint8)

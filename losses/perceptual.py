@@ -85,7 +85,8 @@ class VGGFeatures(nn.Module):
         self.taps = sorted({LAYERS[n] for n in self.layers})
         self.features = _vgg_features(self.taps[-1])
         state, convention = _load_state(source)
-        wanted = {k: v for k, v in state.items() if int(k.split(".")[1]) <= self.taps[-1]}
+        # "features.<index>.<weight|bias>" -> "<index>.<...>", keeping only the layers this extractor has.
+        wanted = {k.split(".", 1)[1]: v for k, v in state.items() if int(k.split(".")[1]) <= self.taps[-1]}
         # strict: every conv we build must get a genuine tensor, or we fail loudly.
         self.features.load_state_dict({k: v.float() for k, v in wanted.items()}, strict=True)
         self.features.requires_grad_(False).eval()

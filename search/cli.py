@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from search.config import Config
 
@@ -35,3 +36,18 @@ def fail(tool: str, exc: BaseException) -> int:
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     print(f"{tool}: error: {msg}", file=sys.stderr)
     return 2
+
+
+class Progress:
+    """A progress callback printing `label: done/total (rate/s)` at most every `every` seconds, and at the end."""
+
+    def __init__(self, label: str, every: float = 5.0):
+        self.label, self.every = label, every
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done == total or now - self.last >= self.every:
+            self.last = now
+            rate = done / max(now - self.start, 1e-9)
+            print(f"{self.label}: {done}/{total} ({rate:.0f}/s)", file=sys.stderr, flush=True)

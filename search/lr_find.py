@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
 from data.images import DEFAULT_IMAGES, DataError, load_splits  # noqa: E402
-from search.cli import add_common, fail, set_overrides  # noqa: E402
+from search.cli import Progress, add_common, fail, set_overrides  # noqa: E402
 from search.config import Config  # noqa: E402
 from search.train import train  # noqa: E402
 
@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> dict:
     cfg.train.eval_every = 0
     set_overrides(cfg, args.set)
     root = Path(args.data) if args.data else DEFAULT_IMAGES
-    sets, report = load_splits(root, cfg.data.image_size, 0.0, 0.0, {"train": args.images}, cfg.data.workers)
+    sets, report = load_splits(root, cfg.data.image_size, 0.0, 0.0, {"train": args.images}, cfg.data.workers,
+                                  Progress("decoding images"))
     if len(sets["train"]) < cfg.train.batch_size:
         raise DataError(f"need at least {cfg.train.batch_size} readable images under {root}")
     print(f"lr_find: {len(sets['train'])} images from {root} ({len(report.skipped)} unreadable skipped), "

@@ -6,7 +6,9 @@ Used by everything that trains: the sanity tools, the search trials and the retr
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,16 +76,17 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def load_data(cfg: Config) -> dict[str, ImageSet]:
+def load_data(cfg: Config, progress: Callable[[int, int], None] | None = None) -> dict[str, ImageSet]:
     """The train and validation sets a config asks for (the embedded default images when data.root is empty)."""
     d = cfg.data
     root = Path(d.root) if d.root else DEFAULT_IMAGES
     limits = {"val": d.val_images, "test": 0}
     if d.train_images:
         limits["train"] = d.train_images
-    sets, report = load_splits(root, d.image_size, d.val_fraction, d.test_fraction, limits, d.workers)
+    sets, report = load_splits(root, d.image_size, d.val_fraction, d.test_fraction, limits, d.workers, progress)
+    print(f"data: {report.summary()}", file=sys.stderr)
     if report.skipped:
-        print(f"data: skipped {len(report.skipped)} unreadable file(s) under {root}, e.g. {report.skipped[0][0]}")
+        print(f"data: first unreadable file: {report.skipped[0][0]} ({report.skipped[0][1]})", file=sys.stderr)
     return sets
 
 
@@ -155,11 +158,12 @@ def train(
         start_epoch, step, history = resume["epoch"], resume["step"], list(resume.get("history", []))
 
     def make_checkpoint() -> dict:
-        return {
-            "model": model.state_dict(), "config": cfg.to_flat(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": gen.get_state(), "epoch": epoch + 1, "step": step,
-            "history": history,
-        }
+        # A snapshot on the CPU: state_dict() returns live tensors that the next step would overwrite.
+        return copy.deepcopy({
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "config": cfg.to_flat(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": gen.get_state(),
+            "epoch": epoch + 1, "step": step, "history": history,
+        })
 
     def batches():
         # Cycle through shuffled passes until the epoch's step count is reached.

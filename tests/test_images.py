@@ -148,4 +148,12 @@ def test_empty_or_missing_folder_is_a_clear_error(tmp_path):
 def test_batches_are_float_in_unit_range(small_images):
     idx, batch = next(small_images.batches(4))
     assert batch.shape == (4, 3, 64, 64) and batch.dtype.is_floating_point
-    assert 0.0 <= batch.min() and batch.max() <= 1.0 and batch.std() > 0.05
+    assert batch.min() >= 0.0 and batch.max() <= 1.0 and batch.std() > 0.05
+
+
+def test_capped_split_refills_past_unreadable_files(zoo):
+    # 9 readable files and 4 broken ones: asking for 9 must skip the broken ones and still return 9.
+    sets, report = load_splits(zoo, size=16, val_fraction=0.0, test_fraction=0.0, limits={"train": 9})
+    assert len(sets["train"]) == 9 and len(report.skipped) == 4
+    sets, report = load_splits(zoo, size=16, val_fraction=0.0, test_fraction=0.0, limits={"train": 3})
+    assert len(sets["train"]) == 3

@@ -1,0 +1,74 @@
+"""The sanity-tool CLIs end to end at tiny size: figures, JSON, plots, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from PIL import Image
+
+from data.images import DEFAULT_IMAGES
+from search import lr_find, overfit
+
+TINY = ["--device", "cpu", "--set", "model.width=8", "--set", "model.depth=2", "--set", "train.precision=fp32"]
+
+
+def test_overfit_prints_the_summary_line_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "overfit.json"
+    code = overfit.main(["--size", "64", "--steps", "6", "--every", "3", "--min-ratio", "0", "--json", str(out),
+                         *TINY])
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("overfit: hole L1 ") and "x) in 6 steps" in lines[-1]
+    figures = json.loads(out.read_text())
+    assert figures["steps"] == 6 and len(figures["curve"]) == 2
+    assert figures["initial_l1_hole"] > 0 and figures["config"]["loss.w_perceptual"] > 0
+    assert figures["config"]["data.hole_size"] == 8  # holes scale with --size: 32 px at 256
+
+
+def test_overfit_fails_when_the_loss_does_not_fall_enough(capsys):
+    code = overfit.main(["--size", "64", "--steps", "2", "--every", "2", "--min-ratio", "1000", *TINY])
+    assert code == 1
+    assert "FAILED" in capsys.readouterr().err
+
+
+def test_overfit_skips_bad_images_and_reports_them(tmp_path, capsys):
+    for p in sorted(DEFAULT_IMAGES.glob("*.jpg"))[:8]:
+        shutil.copy(p, tmp_path / p.name)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    Image.new("RGB", (10, 10)).save(tmp_path / "ok.png")
+    # 9 readable images wanted out of 10 files: every file is tried, so the broken one is met and counted.
+    code = overfit.main(["--data", str(tmp_path), "--images", "9", "--size", "64", "--steps", "2", "--every", "2",
+                         "--min-ratio", "0", *TINY])
+    assert code == 0
+    assert "1 unreadable skipped" in capsys.readouterr().out
+
+
+def test_overfit_errors_are_one_clear_line(tmp_path, capsys):
+    assert overfit.main(["--data", str(tmp_path), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "no images" in err and "Traceback" not in err
+    assert overfit.main(["--set", "model.dpeth=3"]) == 2
+    assert "model.dpeth" in capsys.readouterr().err
+
+
+def test_lr_find_suggests_a_rate_and_saves_a_plot(tmp_path, capsys):
+    plot, out = tmp_path / "lr.png", tmp_path / "lr.json"
+    code = lr_find.main(["--images", "8", "--steps", "12", "--plot", str(plot), "--json", str(out), *TINY,
+                         "--set", "data.image_size=64", "--set", "data.hole_size=8", "--set", "train.batch_size=4"])
+    assert code == 0
+    figures = json.loads(out.read_text())
+    assert 1e-6 <= figures["suggested_lr"] <= 1e-1
+    assert len(figures["lrs"]) == len(figures["losses"]) >= 5
+    assert figures["lrs"] == sorted(figures["lrs"])
+    with Image.open(plot) as im:
+        assert im.format == "PNG" and im.size[0] > 100
+    assert "suggested learning rate" in capsys.readouterr().out
+
+
+def test_lr_find_suggestion_is_at_the_steepest_descent():
+    lrs = [10 ** (-6 + i * 0.1) for i in range(50)]
+    # Flat, then falling fastest around index 20, then blowing up.
+    losses = [1.0] * 15 + [1.0 - 0.15 * i for i in range(1, 6)] + [0.25] * 20 + [2.0 + i for i in range(10)]
+    lr = lr_find.suggest(lrs, losses)
+    assert lrs[15] <= lr <= lrs[24]
