@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> dict:
         raise DataError(f"need {args.images} readable images under {root}, found {len(batch)}")
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
-    print(f"overfit: {len(batch)} images from {root} ({len(report.skipped)} unreadable skipped), "
+    print(f"overfit: {len(batch)} images from {root} ({len(report.skipped)} unreadable skipped) at "
+          f"{cfg.data.image_size}x{cfg.data.image_size}, {cfg.data.n_holes} holes of {cfg.data.hole_size}px, "
           f"UNet depth {cfg.model.depth} width {cfg.model.width}, loss {cfg.loss.recon} x{cfg.loss.w_hole} hole "
           f"+ {cfg.loss.w_perceptual} perceptual (VGG16 {cfg.loss.vgg_weights}: {cfg.loss.perceptual_layers}) "
           f"+ {cfg.loss.w_tv} TV, lr {cfg.optim.lr:g}, {device} {precision}")
