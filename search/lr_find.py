@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
 from data.images import DEFAULT_IMAGES, DataError, load_splits  # noqa: E402
-from search.cli import Progress, add_common, fail, set_overrides  # noqa: E402
+from search.cli import Progress, add_common, fail, sanity_size, scaled_hole, set_overrides  # noqa: E402
 from search.config import Config  # noqa: E402
 from search.train import train  # noqa: E402
 
@@ -26,6 +26,8 @@ from search.train import train  # noqa: E402
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.lr_find", description=__doc__.split("\n")[0])
     add_common(p)
+    p.add_argument("--size", type=int, default=None,
+                   help="image size; holes scale with it, 32 px at 256 (default: 256 on a GPU, 96 on a CPU)")
     p.add_argument("--images", type=int, default=64, help="training images (default 64)")
     p.add_argument("--steps", type=int, default=60, help="steps of the sweep (default 60)")
     p.add_argument("--min-lr", type=float, default=1e-6)
@@ -59,6 +61,8 @@ def run(args: argparse.Namespace) -> dict:
     if not 0 < args.min_lr < args.max_lr:
         raise ValueError(f"need 0 < --min-lr < --max-lr, got {args.min_lr} and {args.max_lr}")
     cfg = Config()
+    cfg.data.image_size = sanity_size(args.size, args.device)
+    cfg.data.hole_size = scaled_hole(cfg.data.image_size)
     cfg.train.device = args.device
     cfg.optim.lr = args.max_lr
     cfg.sched.kind = "range"
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> dict:
     if len(sets["train"]) < cfg.train.batch_size:
         raise DataError(f"need at least {cfg.train.batch_size} readable images under {root}")
     print(f"lr_find: {len(sets['train'])} images from {root} ({len(report.skipped)} unreadable skipped), "
-          f"{args.steps} steps from {args.min_lr:g} to {args.max_lr:g}")
+          f"at {cfg.data.image_size}x{cfg.data.image_size}, {args.steps} steps from {args.min_lr:g} to {args.max_lr:g}")
     lrs: list[float] = []
     losses: list[float] = []
 

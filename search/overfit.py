@@ -16,7 +16,7 @@ import torch
 
 from data.images import DEFAULT_IMAGES, DataError, fixed_masks, load_splits
 from models.unet import UNet
-from search.cli import Progress, add_common, fail, set_overrides
+from search.cli import Progress, add_common, fail, sanity_size, scaled_hole, set_overrides
 from search.config import Config
 from search.train import corruption_of, evaluate, resolve_device, resolve_precision, train
 
@@ -24,8 +24,8 @@ from search.train import corruption_of, evaluate, resolve_device, resolve_precis
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.overfit", description=__doc__.split("\n")[0])
     add_common(p)
-    p.add_argument("--size", type=int, default=96,
-                   help="image size; holes scale with it, 32 px at 256 (default 96: ~4 min on 2 CPU cores)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image size; holes scale with it, 32 px at 256 (default: 256 on a GPU, 96 on a CPU)")
     p.add_argument("--images", type=int, default=8, help="batch size = number of images to overfit (default 8)")
     p.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
     p.add_argument("--every", type=int, default=10, help="print the curve every N steps (default 10)")
@@ -36,8 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     cfg = Config()
-    cfg.data.image_size = args.size
-    cfg.data.hole_size = max(1, round(32 * args.size / 256))  # the reference's coverage at any size
+    cfg.data.image_size = sanity_size(args.size, args.device)
+    cfg.data.hole_size = scaled_hole(cfg.data.image_size)
     cfg.optim.lr = args.lr
     # Cosine decay from the peak: the last points of the curve settle instead of bouncing at a high rate.
     cfg.sched.kind, cfg.sched.min_lr_ratio = "cosine", 0.1

@@ -54,8 +54,8 @@ def test_overfit_errors_are_one_clear_line(tmp_path, capsys):
 
 def test_lr_find_suggests_a_rate_and_saves_a_plot(tmp_path, capsys):
     plot, out = tmp_path / "lr.png", tmp_path / "lr.json"
-    code = lr_find.main(["--images", "8", "--steps", "12", "--plot", str(plot), "--json", str(out), *TINY,
-                         "--set", "data.image_size=64", "--set", "data.hole_size=8", "--set", "train.batch_size=4"])
+    code = lr_find.main(["--size", "64", "--images", "8", "--steps", "12", "--plot", str(plot), "--json", str(out),
+                         *TINY, "--set", "train.batch_size=4"])
     assert code == 0
     figures = json.loads(out.read_text())
     assert 1e-6 <= figures["suggested_lr"] <= 1e-1
@@ -64,6 +64,7 @@ def test_lr_find_suggests_a_rate_and_saves_a_plot(tmp_path, capsys):
     with Image.open(plot) as im:
         assert im.format == "PNG" and im.size[0] > 100
     assert "suggested learning rate" in capsys.readouterr().out
+    assert figures["config"]["data.hole_size"] == 8
 
 
 def test_lr_find_suggestion_is_at_the_steepest_descent():
