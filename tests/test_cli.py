@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from PIL import Image
 
 from data.images import DEFAULT_IMAGES
@@ -58,7 +59,7 @@ def test_lr_find_suggests_a_rate_and_saves_a_plot(tmp_path, capsys):
                          *TINY, "--set", "train.batch_size=4"])
     assert code == 0
     figures = json.loads(out.read_text())
-    assert 1e-6 <= figures["suggested_lr"] <= 1e-1
+    assert 1e-7 <= figures["suggested_lr"] <= 1e-2 and 1e-6 <= figures["steepest_lr"] <= 1e-1
     assert len(figures["lrs"]) == len(figures["losses"]) >= 5
     assert figures["lrs"] == sorted(figures["lrs"])
     with Image.open(plot) as im:
@@ -67,9 +68,11 @@ def test_lr_find_suggests_a_rate_and_saves_a_plot(tmp_path, capsys):
     assert figures["config"]["data.hole_size"] == 8
 
 
-def test_lr_find_suggestion_is_at_the_steepest_descent():
+def test_lr_find_suggestions():
     lrs = [10 ** (-6 + i * 0.1) for i in range(50)]
-    # Flat, then falling fastest around index 20, then blowing up.
+    # Flat, then falling fastest around index 17, a plateau at its minimum, then blowing up.
     losses = [1.0] * 15 + [1.0 - 0.15 * i for i in range(1, 6)] + [0.25] * 20 + [2.0 + i for i in range(10)]
-    lr = lr_find.suggest(lrs, losses)
-    assert lrs[15] <= lr <= lrs[24]
+    assert lrs[15] <= lr_find.steepest(lrs, losses) <= lrs[24]
+    smoothed = lr_find.smooth(losses)
+    assert lr_find.suggest(lrs, losses) == pytest.approx(lrs[smoothed.index(min(smoothed))] / 10)
+    assert lrs[30] / 10 <= lr_find.suggest(lrs, losses) <= lrs[40] / 10
