@@ -25,8 +25,19 @@ from search.config import Config
 from search.metrics import hole_metrics
 from search.schedule import make_scheduler
 
-# report(metrics, make_checkpoint) is called after every epoch; returning True stops training.
-Report = Callable[[dict[str, float], Callable[[], dict]], Any]
+
+class Epoch:
+    """The second argument of report(): call it for a checkpoint dict; `.model` is the live model."""
+
+    def __init__(self, model: torch.nn.Module, make_checkpoint: Callable[[], dict]):
+        self.model, self._make = model, make_checkpoint
+
+    def __call__(self) -> dict:
+        return self._make()
+
+
+# report(metrics, epoch) is called after every epoch; returning True stops training.
+Report = Callable[[dict[str, float], Epoch], Any]
 
 
 @dataclass
@@ -210,7 +221,7 @@ def train(
         if every and ((epoch + 1) % every == 0 or epoch + 1 == cfg.train.epochs):
             metrics.update(evaluate(model, val_set, val_masks, device, precision))
         history.append(metrics)
-        if report is not None and report(metrics, make_checkpoint):
+        if report is not None and report(metrics, Epoch(model, make_checkpoint)):
             return TrainResult("stopped", "stopped by report", epoch + 1, step, time.perf_counter() - t0,
                                model, history)
     return TrainResult("completed", "", cfg.train.epochs, step, time.perf_counter() - t0, model, history)

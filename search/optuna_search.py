@@ -1,0 +1,115 @@
+"""Optuna as the source of truth inside Ray Tune: every epoch an intermediate value, honest end states.
+
+Ray 2.60's OptunaSearch skips the last epoch's value, records scheduler-stopped trials as COMPLETE and gives no
+reason for errors. This subclass reports every epoch, ends trials COMPLETE (full budget), PRUNED (stopped early)
+or FAIL (with `fail_reason`), and after a crash re-uses trials Tune never recorded instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+log = logging.getLogger(__name__)
+OPTUNA_NUMBER_KEY = "_optuna_trial"  # added to each Ray config so trainables and callbacks know the number
+_TRIALS: dict[str, Any] = {}  # Ray trial id -> Trial, in the driver; filled by TrialRegistry
+
+
+class TrialRegistry(tune.Callback):
+    """Remembers Ray trials by id, so the searcher can read an errored trial's error file."""
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        _TRIALS[trial.trial_id] = trial
+
+
+def fail_reason(trial_id: str) -> str:
+    """The last line of the trial's traceback (Tune writes it before it tells the searcher)."""
+    trial = _TRIALS.get(trial_id)
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).exists():
+        lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+        return lines[-1][:1000] if lines else "unknown error"
+    return "error (no error file)"
+
+
+class TruthfulOptunaSearch(OptunaSearch):
+    """OptunaSearch with per-epoch intermediate values and COMPLETE / PRUNED / FAIL end states."""
+
+    def __init__(self, space, *, max_epochs: int, epoch_attr: str = "epoch", points_to_evaluate=(), **kwargs):
+        super().__init__(space, **kwargs)
+        self._max_epochs, self._epoch_attr = max_epochs, epoch_attr
+        self._orphans: list[int] = []  # storage ids of RUNNING trials Tune lost in a crash
+        self._last_step: dict[str, int] = {}
+        # The base class enqueues points_to_evaluate on every construction; do it once per study.
+        for point in points_to_evaluate:
+            self._ot_study.enqueue_trial(point, skip_if_exists=True)
+
+    @property
+    def study(self):
+        return self._ot_study
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self._ot_trials and self._orphans:
+            # Re-use a trial asked just before a crash rather than leaving it RUNNING and asking a new one:
+            # suggest_* on it returns the parameters it already has.
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, self._orphans.pop(0))
+        config = super().suggest(trial_id)
+        ot = self._ot_trials[trial_id]
+        ot.set_user_attr("ray_trial_id", trial_id)
+        if config is not None:
+            config[OPTUNA_NUMBER_KEY] = ot.number
+        return config
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        ot = self._ot_trials.get(trial_id)
+        if ot is None or trial_id in self._completed_trials or self.metric not in result:
+            return
+        step = int(result[self._epoch_attr])
+        if self._last_step.get(trial_id) == step:  # the final result can arrive twice (result and complete)
+            return
+        self._last_step[trial_id] = step
+        try:
+            ot.report(float(result[self.metric]), step)
+        except Exception as exc:  # e.g. the trial already finished in storage before a crash
+            log.warning("not reporting to Optuna for %s: %s", trial_id, exc)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot = self._ot_trials.get(trial_id)
+        if ot is None or trial_id in self._completed_trials:
+            return
+        value = None
+        if error or not result or self.metric not in result:
+            state = TrialState.FAIL
+            ot.set_user_attr("fail_reason", fail_reason(trial_id) if error else "ended without a result")
+        else:
+            self._report(trial_id, result)  # Tune never passes the final epoch to on_trial_result
+            if int(result[self._epoch_attr]) >= self._max_epochs:
+                state, value = TrialState.COMPLETE, float(result[self.metric])
+            else:
+                state = TrialState.PRUNED  # Optuna keeps the last intermediate value as its value
+        try:
+            self._ot_study.tell(ot, value, state=state, skip_if_finished=True)
+        except Exception as exc:
+            log.warning("could not tell Optuna the end of %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        # The storage is the truth; Tune's snapshot may lag a crash by a second.
+        stored = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        for trial_id, ot in self._ot_trials.items():
+            if ot.number in stored and stored[ot.number].state.is_finished():
+                self._completed_trials.add(trial_id)
+        known = {ot.number for ot in self._ot_trials.values()}
+        # Asked after the last snapshot: Tune never heard of them; the next suggestions take them over.
+        self._orphans = [f._trial_id for n, f in sorted(stored.items())
+                         if f.state == TrialState.RUNNING and n not in known]

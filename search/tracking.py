@@ -1,0 +1,134 @@
+"""MLflow: one experiment per study, a parent run per `search.run`, a child run per trial, statuses from the driver.
+
+Trials log through MlflowClient (no thread-local active run), find-or-create their run by tag so a resumed trial
+continues its own run, and never set their own end status: code after Tune's last report may never run, so a
+driver-side callback ends each run as FINISHED, KILLED (pruned) or FAILED.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from ray import tune
+
+PARENT_TAG = "inpaint.role"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """What a trial needs to log into the right place."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    study: str
+
+
+def start(uri: str, study: str, artifact_root: Path | None, run_name: str, tags: dict[str, str]) -> Tracking:
+    """Create (or reuse) the study's experiment and start a parent run for this invocation."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study)
+    if exp is None:
+        # Fixed at creation: an absolute artifact root, or trials would write into their throwaway folders.
+        location = artifact_root.resolve().as_uri() if artifact_root else None
+        exp_id = client.create_experiment(study, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    run = client.create_run(exp_id, run_name=run_name, tags={PARENT_TAG: "search", "study": study, **tags})
+    return Tracking(uri, exp_id, run.info.run_id, study)
+
+
+def find_parent(uri: str, study: str, parent_run_id: str) -> Tracking:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study)
+    return Tracking(uri, exp.experiment_id, parent_run_id, study)
+
+
+def reopen(tr: Tracking) -> None:
+    """A resumed search continues under its original parent run."""
+    MlflowClient(tr.uri).update_run(tr.parent_run_id, status="RUNNING")
+
+
+def _trial_filter(tr: Tracking, number: int) -> str:
+    # Keyed by the Optuna trial number: after a crash Ray may re-run an Optuna trial under a new Ray trial id.
+    return f"tags.optuna_trial = '{number}' and tags.`mlflow.parentRunId` = '{tr.parent_run_id}'"
+
+
+def child_run(tr: Tracking, ray_trial_id: str, number: int, params: dict) -> str:
+    """The run of this trial: found again after a resume, created (with its params) otherwise."""
+    client = MlflowClient(tr.uri)
+    found = client.search_runs([tr.experiment_id], _trial_filter(tr, number))
+    if found:
+        client.set_tag(found[0].info.run_id, "ray_trial_id", ray_trial_id)
+        return found[0].info.run_id
+    tags = {"mlflow.parentRunId": tr.parent_run_id, "ray_trial_id": ray_trial_id, "optuna_trial": str(number),
+            "study": tr.study}
+    run = client.create_run(tr.experiment_id, run_name=f"trial {number}", tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())],
+                     tags=[RunTag("mlflow.note.content", f"Optuna trial {number} of study {tr.study}")])
+    return run.info.run_id
+
+
+def log_epoch(tr: Tracking, run_id: str, metrics: dict[str, float], step: int) -> None:
+    client = MlflowClient(tr.uri)
+    client.log_batch(run_id, metrics=[
+        Metric(k, float(v), timestamp=0, step=step) for k, v in metrics.items() if k not in ("epoch", "step")
+    ])
+
+
+def sample_grid(masked: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> Image.Image:
+    """Rows of (masked input | output | target), one row per image; tensors (B, 3, H, W) in [0, 1]."""
+    rows = torch.cat([masked, output, target], dim=3)  # side by side
+    grid = torch.cat(list(rows), dim=1)  # stacked
+    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def log_image(tr: Tracking, run_id: str, image: Image.Image, name: str) -> None:
+    client = MlflowClient(tr.uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        image.save(path)
+        client.log_artifact(run_id, str(path), artifact_path="samples")
+
+
+def set_status(tr: Tracking, number: int, status: str) -> None:
+    client = MlflowClient(tr.uri)
+    for run in client.search_runs([tr.experiment_id], _trial_filter(tr, number)):
+        client.set_terminated(run.info.run_id, status)
+
+
+def close_parent(tr: Tracking, status: str = "FINISHED") -> int:
+    """End the parent run; child runs still RUNNING (trials lost in a crash) are marked FAILED. Returns how many."""
+    client = MlflowClient(tr.uri)
+    orphans = client.search_runs(
+        [tr.experiment_id], f"tags.`mlflow.parentRunId` = '{tr.parent_run_id}' and attributes.status = 'RUNNING'")
+    for run in orphans:
+        client.set_terminated(run.info.run_id, "FAILED")
+    client.set_terminated(tr.parent_run_id, status)
+    return len(orphans)
+
+
+class MlflowStatus(tune.Callback):
+    """Ends each trial's run with the status that matches its Optuna state."""
+
+    def __init__(self, tr: Tracking, max_epochs: int):
+        self.tr, self.max_epochs = tr, max_epochs
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        set_status(self.tr, trial_number(trial), "FINISHED" if epoch >= self.max_epochs else "KILLED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        set_status(self.tr, trial_number(trial), "FAILED")
+
+
+def trial_number(trial) -> int:
+    """The Optuna trial number the searcher put into a Ray trial's config."""
+    return int(trial.config.get("_optuna_trial", -1))

@@ -1,0 +1,173 @@
+"""The search through the real stack at tiny size: local Ray, SQLite Optuna and MLflow in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search import run
+from search.space import load_study
+
+pytestmark = pytest.mark.slow
+
+
+def _stores(results: Path, study: str):
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(study)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return optuna.load_study(study_name=study, storage=storage), trials, client, parents, children
+
+
+def test_smoke_study_fills_optuna_and_mlflow(tmp_path, capsys):
+    results = tmp_path / "results"
+    assert run.main(["--study", "smoke", "--results", str(results), "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "optuna-dashboard sqlite:///" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert "best full-budget trial" in out
+    study, trials, client, parents, children = _stores(results, "smoke")
+    assert len(trials) == 4
+    assert {"study_file", "objective", "fixed", "budget"} <= set(study.user_attrs)
+    states = {t.state for t in trials}
+    assert states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert optuna.trial.TrialState.COMPLETE in states
+    for t in trials:
+        # Every epoch is an intermediate value, the last one too.
+        assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert len(t.intermediate_values) == 3 and t.value == t.intermediate_values[3]
+        else:
+            assert len(t.intermediate_values) < 3
+    assert trials[0].params == {"model.width": 8, "model.upsample": "transpose", "optim.lr": 1e-3,
+                                "sched.kind": "constant"}  # the warm-start point comes first
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4
+    by_number = {int(r.data.tags["optuna_trial"]): r for r in children}
+    for t in trials:
+        r = by_number[t.number]
+        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert r.info.run_name == f"trial {t.number}"
+        assert r.data.tags["ray_trial_id"] == t.user_attrs["ray_trial_id"]
+        assert set(t.params) <= set(r.data.params)
+        assert r.info.status == ("FINISHED" if t.state == optuna.trial.TrialState.COMPLETE else "KILLED")
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val/psnr_hole")]
+        assert steps == list(range(1, len(t.intermediate_values) + 1))
+        for key in ("train/loss", "lr", "val/ssim_hole", "val/l1_hole", "val/psnr"):
+            assert key in r.data.metrics
+        assert client.list_artifacts(r.info.run_id, "samples")
+
+
+FAILING_STUDY = '''
+"""Test study: one trial raises, one diverges, one is fine."""
+from search.space import Budget, Study
+
+def space(trial):
+    trial.suggest_categorical("model.width", [8, 0])
+    trial.suggest_categorical("optim.lr", [1e-3, 1e20])
+
+STUDY = Study(
+    name="failing", description="", space=space, asha=None,
+    fixed={"model.depth": 2, "train.batch_size": 4, "loss.w_perceptual": 0.0, "train.precision": "fp32",
+           "optim.grad_clip": 0.0},
+    budget=Budget(trials=3, epochs=2, train_images=8, val_images=4, image_size=64, steps_per_epoch=3,
+                  val_fraction=0.2, test_fraction=0.2),
+    warm_start=[{"model.width": 0, "optim.lr": 1e-3}, {"model.width": 8, "optim.lr": 1e20},
+                {"model.width": 8, "optim.lr": 1e-3}],
+)
+'''
+
+
+def test_failing_trials_are_recorded_with_their_reason(tmp_path):
+    study_file = tmp_path / "failing.py"
+    study_file.write_text(FAILING_STUDY)
+    results = tmp_path / "results"
+    assert run.main(["--study", str(study_file), "--results", str(results)]) == 0
+    _, trials, _, _, children = _stores(results, "failing")
+    by_params = {(t.params["model.width"], t.params["optim.lr"]): t for t in trials}
+    bad_width, diverged, fine = by_params[(0, 1e-3)], by_params[(8, 1e20)], by_params[(8, 1e-3)]
+    assert bad_width.state.name == "FAIL" and "model.width" in bad_width.user_attrs["fail_reason"]
+    assert diverged.state.name == "FAIL" and "diverged" in diverged.user_attrs["fail_reason"]
+    assert fine.state.name == "COMPLETE"
+    status = {int(r.data.tags["optuna_trial"]): r.info.status for r in children}
+    assert status[diverged.number] == "FAILED" and status[fine.number] == "FINISHED"
+    assert "RUNNING" not in status.values()
+
+
+def test_existing_results_need_resume_and_unknown_studies_are_listed(tmp_path, capsys):
+    assert run.main(["--study", "nope"]) == 2
+    assert "available: smoke, unet_losses" in capsys.readouterr().err
+    results = tmp_path / "r"
+    (results / "runs").mkdir(parents=True)
+    (results / "runs" / "smoke.json").write_text("{}")
+    assert run.main(["--study", "smoke", "--results", str(results)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert run.main(["--study", "smoke", "--results", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_studies_declare_valid_spaces():
+    study = load_study("unet_losses")
+    assert study.objective == "val/psnr_hole" and study.warm_start[0]["optim.lr"] == 3e-4
+    trial = optuna.create_study().ask()
+    study.space(trial)
+    assert {"model.depth", "model.width", "loss.w_perceptual", "loss.w_tv", "optim.lr", "sched.kind"} <= set(
+        trial.params)
+
+
+SLOW_STUDY = '''
+"""Test study: slow enough to be killed mid-way."""
+from search.space import Budget, Study
+
+def space(trial):
+    trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+
+STUDY = Study(
+    name="slow", description="", space=space, asha=None,
+    fixed={"model.depth": 2, "model.width": 8, "train.batch_size": 4, "loss.w_perceptual": 0.0,
+           "train.precision": "fp32", "data.workers": 1},
+    budget=Budget(trials=5, epochs=4, train_images=8, val_images=4, image_size=64, steps_per_epoch=10,
+                  max_concurrent=2, val_fraction=0.2, test_fraction=0.2),
+)
+'''
+
+
+def test_sigkilled_search_resumes_without_duplicates(tmp_path):
+    study_file = tmp_path / "slow.py"
+    study_file.write_text(SLOW_STUDY)
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "search.run", "--study", str(study_file), "--results", str(results)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # kill once at least one trial has finished and others are running
+            time.sleep(1)
+            try:
+                trials = optuna.load_study(study_name="slow", storage=storage).get_trials(deepcopy=False)
+            except Exception:
+                continue
+            if any(t.state.is_finished() for t in trials) and any(not t.state.is_finished() for t in trials):
+                break
+        else:
+            pytest.fail("the search never reached a state worth interrupting")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert run.main(["--study", str(study_file), "--results", str(results), "--resume"]) == 0
+    _, trials, _, parents, children = _stores(results, "slow")
+    assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
+    assert all(sorted(t.intermediate_values) == [1, 2, 3, 4] for t in trials)
+    assert len(parents) == 1 and len(children) == 5
+    assert sorted(int(r.data.tags["optuna_trial"]) for r in children) == [t.number for t in trials]
+    assert all(r.info.status == "FINISHED" for r in children)
