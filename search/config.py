@@ -86,6 +86,11 @@ class Config:
             raise ValueError(f"optim.lr must be > 0, got {self.optim.lr}")
         if self.train.epochs < 1 or self.train.batch_size < 1:
             raise ValueError("train.epochs and train.batch_size must be >= 1")
+        if self.data.image_size // 2**self.model.depth < 2:
+            raise ValueError(
+                f"model.depth {self.model.depth} leaves a bottleneck under 2x2 pixels at data.image_size "
+                f"{self.data.image_size}; use depth <= {max(2, (self.data.image_size // 2).bit_length() - 1)}"
+            )
         if self.data.image_size % 2 ** self.model.depth:
             raise ValueError(
                 f"data.image_size {self.data.image_size} must be divisible by 2**model.depth = {2**self.model.depth}"

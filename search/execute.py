@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import optuna
@@ -12,7 +11,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from search import summary as summ
 from search import tracking
-from search.optuna_search import OPTUNA_NUMBER_KEY, TrialRegistry, TruthfulOptunaSearch
+from search.optuna_search import OPTUNA_NUMBER_KEY, TrialRegistry, TruthfulOptunaSearch, fail_reason
 from search.run_setup import RunPlan
 from search.space import Study
 from search.trainable import CheckpointJanitor, TrialContext, trainable
@@ -23,27 +22,23 @@ class ProgressLine(tune.Callback):
 
     def __init__(self, objective: str, max_epochs: int, total: int):
         self.objective, self.max_epochs, self.total, self.done = objective, max_epochs, total, 0
-        self.started: dict[str, float] = {}
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.started[trial.trial_id] = time.perf_counter()
-
-    def _line(self, trial, state: str) -> None:
+    def _line(self, trial, state: str, reason: str = "") -> None:
         self.done += 1
         r = trial.last_result or {}
         number = trial.config.get(OPTUNA_NUMBER_KEY, "?")
-        seconds = time.perf_counter() - self.started.get(trial.trial_id, time.perf_counter())
+        seconds = r.get("time_total_s", 0.0)  # Tune's own clock: start hooks are skipped for reused actors
         value = r.get(self.objective)
         shown = f"{self.objective} {value:.3f}" if isinstance(value, float) else "no result"
         print(f"[{self.done}/{self.total}] trial {number}: {state} after {r.get('epoch', 0)} epoch(s), {shown} "
-              f"({seconds:.0f} s)", flush=True)
+              f"({seconds:.0f} s){': ' + reason if reason else ''}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         full = (trial.last_result or {}).get("epoch", 0) >= self.max_epochs
         self._line(trial, "COMPLETE" if full else "PRUNED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, "FAIL")
+        self._line(trial, "FAIL", fail_reason(trial.trial_id)[:200])
 
 
 def _searcher(plan: RunPlan, study: Study) -> TruthfulOptunaSearch:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 
 from search import tracking
@@ -45,11 +47,16 @@ def _sqlite(path: Path) -> str:
 
 
 def _start_ray(address: str) -> None:
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, **quiet)
     else:
         # A private cluster: a bare ray.init() would join whatever cluster /tmp/ray last recorded.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, **quiet)
+    # Our own line per trial and the final table replace Tune's logs; tracebacks stay in the trials' error files.
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _choose_budget(study: Study, has_data: bool, gpus: float, args: argparse.Namespace) -> tuple[Budget, str]:

@@ -45,7 +45,8 @@ STUDY = Study(
     # The method's "real training" setting: 10 epochs on 1000 images, at 256x256.
     budget=Budget(trials=48, epochs=10, train_images=1000, val_images=256, image_size=256),
     # Without a GPU or without --data: small enough for 2 CPU cores in ~20 minutes, and said so when used.
-    reduced=Budget(trials=8, epochs=4, train_images=0, val_images=8, image_size=64, max_concurrent=2,
+    # 128 px keeps depth 6 meaningful (a 2x2 bottleneck).
+    reduced=Budget(trials=8, epochs=4, train_images=0, val_images=8, image_size=128, max_concurrent=2,
                    val_fraction=0.2, test_fraction=0.2),
     asha=Asha(grace=1, reduction=2),
     warm_start=[REFERENCE],

@@ -50,3 +50,9 @@ def test_cli_overrides():
     assert cfg.model.width == 16 and cfg.loss.recon == "l2"
     with pytest.raises(ValueError, match="KEY=VALUE"):
         set_overrides(Config(), ["model.width"])
+
+
+def test_depth_must_leave_a_real_bottleneck():
+    with pytest.raises(ValueError, match="use depth <= 5"):
+        Config.from_flat({"data.image_size": 64, "model.depth": 6}).validate()
+    Config.from_flat({"data.image_size": 128, "model.depth": 6}).validate()

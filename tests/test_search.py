@@ -116,6 +116,16 @@ def test_existing_results_need_resume_and_unknown_studies_are_listed(tmp_path, c
     assert "nothing to resume" in capsys.readouterr().err
 
 
+def test_malformed_study_is_an_error_naming_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.py"
+    bad.write_text(FAILING_STUDY.replace('"optim.grad_clip": 0.0', '"optim.grad_clpi": 0.0'))
+    assert run.main(["--study", str(bad), "--results", str(tmp_path / "r")]) == 2
+    assert "optim.grad_clpi" in capsys.readouterr().err
+    (tmp_path / "empty.py").write_text("X = 1\n")
+    assert run.main(["--study", str(tmp_path / "empty.py")]) == 2
+    assert "must define STUDY" in capsys.readouterr().err
+
+
 def test_studies_declare_valid_spaces():
     study = load_study("unet_losses")
     assert study.objective == "val/psnr_hole" and study.warm_start[0]["optim.lr"] == 3e-4
