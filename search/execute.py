@@ -108,7 +108,7 @@ def _print_report(report: dict[str, Any], study: Study, plan: RunPlan) -> None:
         print("no trial ran the full budget yet")
     if not report["finished"]:
         print(f"search.run: interrupted before the target of {plan.budget.trials} trials; continue with "
-              f"python -m search.run --study {study.name} --results {plan.results} --resume")
+              f"python -m search.run --study {plan.study_arg} --results {plan.results} --resume")
     print("dashboards for this run:")
     for cmd in summ.dashboard_commands(plan.storage, plan.tracking_uri, plan.tracking.experiment_id):
         print(f"  {cmd}")

@@ -24,6 +24,7 @@ from search.tracking import Tracking
 @dataclass
 class RunPlan:
     study: str
+    study_arg: str  # as the user gave it (a name or a file), for the --resume hint
     results: Path
     storage: str
     tracking_uri: str
@@ -116,7 +117,7 @@ def plan_run(args: argparse.Namespace, study: Study) -> RunPlan:
     storage = args.storage or state.get("storage") or _sqlite(results / "optuna.db")
     uri = args.tracking_uri or state.get("tracking_uri") or _sqlite(results / "mlflow.db")
     plan = RunPlan(
-        study=study.name, results=results, storage=storage, tracking_uri=uri, ray_dir=ray_dir,
+        study=study.name, study_arg=args.study, results=results, storage=storage, tracking_uri=uri, ray_dir=ray_dir,
         checkpoint_dir=results / "checkpoints" / study.name, state_file=state_file, budget=budget,
         budget_note=note, base=base, resources={"cpu": cpt, "gpu": gpt}, max_concurrent=concurrent,
         resume=args.resume, asha=study.asha is not None and not args.no_asha, time_budget=args.time_budget,
