@@ -1,1 +1,1 @@
-
+"""U-Net family for inpainting (pure library: torch only)."""

@@ -20,6 +20,9 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import ray  # noqa: E402
+
+from search import execute  # noqa: E402
 from search.cli import fail  # noqa: E402
 from search.run_setup import RunPlan, plan_run  # noqa: E402
 from search.space import load_study  # noqa: E402
@@ -52,10 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         study = load_study(args.study)
     except (ValueError, KeyError) as exc:
         return fail("search.run", exc)
-    import ray
-
-    from search import execute
-
     started = time.perf_counter()
     try:
         plan: RunPlan = plan_run(args, study)

@@ -9,7 +9,7 @@ import argparse
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class RunPlan:
     asha: bool
     time_budget: float
     tracking: Tracking | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _sqlite(path: Path) -> str:

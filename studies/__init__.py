@@ -1,1 +1,1 @@
-
+"""One small file per study: `STUDY = Study(...)` (see search/space.py)."""
