@@ -1,17 +1,21 @@
-"""The inpainting U-Net family and its config: depth, width, up-sampling, norm, gating, dilated bottleneck.
+"""The inpainting U-Net family and its config: depth, width, up-sampling, norm, gating, dilated bottleneck,
+pyramid pre-fill of the input and residual output.
 
 Input: the 4-channel masked image `cat(image * (1 - mask), mask)`; output: RGB in [0, 1] (before compositing).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from data.corrupt import apply_mask, composite
 from models.blocks import ACTIVATIONS, NORMS, UPSAMPLES, DilatedBlock, DoubleConv, check_choice, make_upsample
+from models.prefill import pyramid_fill
+
+PREFILLS = ("none", "pyramid")
 
 
 @dataclass
@@ -26,6 +30,8 @@ class UNetConfig:
     activation: str = "relu"
     gated: bool = False  # gated convolutions (DeepFill v2)
     dilated_bottleneck: bool = False  # residual dilated convs (2, 4, 8) at the bottleneck
+    prefill: str = "none"  # none | pyramid: holes pre-filled by push-pull before the network sees them
+    residual: bool = False  # predict a correction to the (pre-filled) input; last layer zero-initialised
 
     def validate(self) -> None:
         if not 2 <= self.depth <= 6:
@@ -35,6 +41,7 @@ class UNetConfig:
         check_choice("model.upsample", self.upsample, UPSAMPLES)
         check_choice("model.norm", self.norm, NORMS)
         check_choice("model.activation", self.activation, ACTIVATIONS)
+        check_choice("model.prefill", self.prefill, PREFILLS)
 
 
 class UNet(nn.Module):
@@ -73,6 +80,10 @@ class UNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if self.cfg.residual:
+            # A zero correction at the start: training begins from the pre-fill's quality, not from noise.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def multiple(self) -> int:
@@ -87,6 +98,10 @@ class UNet(nn.Module):
                 f"UNet of depth {self.cfg.depth} needs height and width divisible by {self.multiple}, "
                 f"got {tuple(x.shape[-2:])}; pad the image first"
             )
+        start = x[:, :3]
+        if self.cfg.prefill == "pyramid":
+            start = pyramid_fill(x[:, :3], x[:, 3:])
+            x = torch.cat([start, x[:, 3:]], dim=1)
         skips = []
         for level in self.down:
             x = level(x)
@@ -95,7 +110,9 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         for up, merge in zip(self.up, self.merge, strict=True):
             x = merge(torch.cat([up(x), skips.pop()], dim=1))
-        # Sigmoid in fp32: under autocast the head's bf16 output would quantise colours to ~3 digits.
+        # fp32 output: under autocast the head's bf16 output would quantise colours to ~3 digits.
+        if self.cfg.residual:
+            return (start.float() + self.head(x).float()).clamp(0.0, 1.0)
         return torch.sigmoid(self.head(x).float())
 
 
@@ -105,13 +122,5 @@ def inpaint(model: nn.Module, image: torch.Tensor, mask: torch.Tensor) -> tuple[
     return pred, composite(pred, image, mask)
 
 
-def build_model(cfg: UNetConfig) -> UNet:
-    return UNet(cfg)
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def config_dict(cfg: UNetConfig) -> dict:
-    return asdict(cfg)

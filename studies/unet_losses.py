@@ -17,6 +17,8 @@ def space(trial) -> None:
     trial.suggest_categorical("model.norm", ["none", "group", "instance"])
     trial.suggest_categorical("model.gated", [False, True])
     trial.suggest_categorical("model.dilated_bottleneck", [False, True])
+    trial.suggest_categorical("model.prefill", ["none", "pyramid"])
+    trial.suggest_categorical("model.residual", [False, True])
     trial.suggest_categorical("loss.recon", ["l1", "l2"])
     trial.suggest_float("loss.w_hole", 1.0, 20.0, log=True)
     trial.suggest_float("loss.w_perceptual", 0.005, 0.5, log=True)
@@ -31,7 +33,7 @@ def space(trial) -> None:
 # The reference method: the small U-Net, L1 + perceptual + TV, lr 3e-4 (its choice for real training).
 REFERENCE = {
     "model.depth": 4, "model.width": 32, "model.upsample": "transpose", "model.norm": "none", "model.gated": False,
-    "model.dilated_bottleneck": False, "loss.recon": "l1", "loss.w_hole": 6.0, "loss.w_perceptual": 0.05,
+    "model.dilated_bottleneck": False, "model.prefill": "none", "model.residual": False, "loss.recon": "l1", "loss.w_hole": 6.0, "loss.w_perceptual": 0.05,
     "loss.w_style": 0.0, "loss.w_tv": 0.1, "optim.lr": 3e-4, "sched.kind": "constant", "sched.warmup_fraction": 0.0,
 }
 
