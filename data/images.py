@@ -52,7 +52,7 @@ def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """RGB from any PIL mode; transparency is flattened onto white (black would look like a hole)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit greyscale: convert("RGB") would clip; rescale to 8 bits first.
@@ -82,7 +82,7 @@ def load_image(path: Path, size: int) -> np.ndarray:
                 img.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
         img.load()  # forces full decode here so truncation raises now, not later
         img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
+        img = to_rgb(img)
         w, h = img.size
         if min(w, h) < 1:
             raise ValueError("empty image")

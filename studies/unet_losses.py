@@ -33,7 +33,8 @@ def space(trial) -> None:
 # The reference method: the small U-Net, L1 + perceptual + TV, lr 3e-4 (its choice for real training).
 REFERENCE = {
     "model.depth": 4, "model.width": 32, "model.upsample": "transpose", "model.norm": "none", "model.gated": False,
-    "model.dilated_bottleneck": False, "model.prefill": "none", "model.residual": False, "loss.recon": "l1", "loss.w_hole": 6.0, "loss.w_perceptual": 0.05,
+    "model.dilated_bottleneck": False, "model.prefill": "none", "model.residual": False,
+    "loss.recon": "l1", "loss.w_hole": 6.0, "loss.w_perceptual": 0.05,
     "loss.w_style": 0.0, "loss.w_tv": 0.1, "optim.lr": 3e-4, "sched.kind": "constant", "sched.warmup_fraction": 0.0,
 }
 

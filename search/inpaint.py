@@ -1,0 +1,124 @@
+"""`python -m search.inpaint --model CKPT --input DIR --output DIR`: apply a trained model to any images.
+
+Images of any size are padded to what the U-Net needs and cropped back; holes come from mask PNGs (white = hole,
+matched by file name) or from the reference corruption with a seed (those masks are written beside the outputs).
+Outputs are composited PNGs: known pixels are the input's own. Unreadable files are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from data.corrupt import apply_mask, composite
+from data.images import scan, to_rgb
+from search.cli import fail
+from search.train import load_model, resolve_device
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m search.inpaint", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="a checkpoint (.pt) written by this project")
+    p.add_argument("--input", required=True, help="folder of images to repair")
+    p.add_argument("--output", required=True, help="folder for the composited PNG outputs")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--masks", default="", help="folder of mask PNGs, white = hole, named like the images")
+    group.add_argument("--mask-seed", type=int, default=0, help="generate reference holes with this seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    return p.parse_args(argv)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()
+        return np.asarray(to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8).copy()
+
+
+def reference_mask(height: int, width: int, n_holes: int, hole: int, seed: int, name: str) -> np.ndarray:
+    """Reference holes (n squares of `hole` px, uniform, overlap allowed) for one image, fixed by seed and name."""
+    key = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, key]))
+    mask = np.zeros((height, width), dtype=bool)
+    hy, hx = min(hole, height), min(hole, width)
+    for _ in range(n_holes):
+        y, x = rng.integers(0, height - hy + 1), rng.integers(0, width - hx + 1)
+        mask[y : y + hy, x : x + hx] = True
+    return mask
+
+
+def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    with Image.open(path) as img:
+        mask = np.asarray(img.convert("L")) >= 128
+    if mask.shape != shape:
+        raise ValueError(f"mask {path.name} is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
+    return mask
+
+
+@torch.no_grad()
+def inpaint_array(model: torch.nn.Module, image: np.ndarray, mask: np.ndarray, device: torch.device) -> np.ndarray:
+    """Composited uint8 result for one (H, W, 3) image and (H, W) boolean mask."""
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255).to(device)
+    m = torch.from_numpy(mask)[None, None].float().to(device)
+    h, w = image.shape[:2]
+    k = model.multiple
+    pad = (0, (-w) % k, 0, (-h) % k)
+    # Replicate padding: the padded border is known context, never a hole the model must invent.
+    xp, mp = F.pad(x, pad, mode="replicate"), F.pad(m, pad)
+    out = composite(model(apply_mask(xp, mp)).float(), xp, mp)[..., :h, :w]
+    return (out[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def run(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
+    device = resolve_device(args.device)
+    model, cfg = load_model(Path(args.model), device)
+    root, out = Path(args.input).resolve(), Path(args.output)
+    files = scan(root)
+    if not files:
+        raise FileNotFoundError(f"no images found under {root}")
+    out.mkdir(parents=True, exist_ok=True)
+    done, skipped = 0, []
+    for i, path in enumerate(files, 1):
+        rel = path.relative_to(root)
+        try:
+            image = read_rgb(path)
+            if args.masks:
+                mask = read_mask(Path(args.masks) / rel.with_suffix(".png"), image.shape[:2])
+            else:
+                mask = reference_mask(*image.shape[:2], cfg.data.n_holes, cfg.data.hole_size, args.mask_seed,
+                                      rel.as_posix())
+            result = inpaint_array(model, image, mask, device)
+        except Exception as exc:  # one bad file never stops the batch
+            skipped.append((rel.as_posix(), f"{type(exc).__name__}: {exc}"))
+            continue
+        target = out / rel.with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(result).save(target)
+        if not args.masks:
+            Image.fromarray(mask.astype(np.uint8) * 255).save(target.with_name(target.stem + "_mask.png"))
+        done += 1
+        print(f"\rinpaint: {i}/{len(files)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return done, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        done, skipped = run(args)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        return fail("inpaint", exc)
+    print(f"inpaint: wrote {done} image(s) to {args.output}; skipped {len(skipped)} unreadable")
+    for name, reason in skipped:
+        print(f"  skipped {name}: {reason}")
+    return 0 if done else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
