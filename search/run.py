@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpus-per-trial", type=float, default=-1, help="GPUs per trial, fractions allowed "
                    "(default: 1 where the cluster has GPUs, else 0)")
     p.add_argument("--cpus-per-trial", type=float, default=0, help="CPUs per trial (default: 1, or CPUs/GPUs)")
-    p.add_argument("--time-budget", type=float, default=0, help="stop starting trials after SECONDS")
+    p.add_argument("--time-budget", type=float, default=0,
+                   help="end the search after SECONDS (running trials stop and count as pruned)")
     p.add_argument("--address", default="", help="join an existing Ray cluster (e.g. ray://head:10001 or auto)")
     p.add_argument("--storage", default="", help="Optuna RDB URL (default sqlite:///<results>/optuna.db)")
     p.add_argument("--tracking-uri", default="", help="MLflow URI (default sqlite:///<results>/mlflow.db)")

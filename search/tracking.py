@@ -35,8 +35,10 @@ def start(uri: str, study: str, artifact_root: Path | None, run_name: str, tags:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(study)
     if exp is None:
-        # Fixed at creation: an absolute artifact root, or trials would write into their throwaway folders.
-        location = artifact_root.resolve().as_uri() if artifact_root else None
+        # Fixed at creation: a local store needs an absolute artifact root, or trials would write into their
+        # throwaway folders; a tracking server chooses its own (trials on other nodes must reach it).
+        local = uri.startswith(("sqlite:", "file:", "/"))
+        location = artifact_root.resolve().as_uri() if artifact_root and local else None
         exp_id = client.create_experiment(study, artifact_location=location)
     else:
         exp_id = exp.experiment_id
