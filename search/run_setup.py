@@ -127,7 +127,7 @@ def plan_run(args: argparse.Namespace, study: Study) -> RunPlan:
         tracking.reopen(plan.tracking)
     else:
         plan.tracking = tracking.start(uri, study.name, results / "mlartifacts", f"search {study.name}",
-                                       {"budget": note})
+                                       {"budget": note}, shared=base)
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps({
             "study": study.name, "budget": budget.__dict__, "budget_note": note, "storage": storage,

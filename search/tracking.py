@@ -30,8 +30,10 @@ class Tracking:
     study: str
 
 
-def start(uri: str, study: str, artifact_root: Path | None, run_name: str, tags: dict[str, str]) -> Tracking:
-    """Create (or reuse) the study's experiment and start a parent run for this invocation."""
+def start(
+    uri: str, study: str, artifact_root: Path | None, run_name: str, tags: dict[str, str], shared: dict | None = None,
+) -> Tracking:
+    """Create (or reuse) the study's experiment and start a parent run for this invocation (params: `shared`)."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(study)
     if exp is None:
@@ -43,6 +45,8 @@ def start(uri: str, study: str, artifact_root: Path | None, run_name: str, tags:
     else:
         exp_id = exp.experiment_id
     run = client.create_run(exp_id, run_name=run_name, tags={PARENT_TAG: "search", "study": study, **tags})
+    if shared:
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(shared.items())])
     return Tracking(uri, exp_id, run.info.run_id, study)
 
 
@@ -62,8 +66,12 @@ def _trial_filter(tr: Tracking, number: int) -> str:
     return f"tags.optuna_trial = '{number}' and tags.`mlflow.parentRunId` = '{tr.parent_run_id}'"
 
 
-def child_run(tr: Tracking, ray_trial_id: str, number: int, params: dict) -> str:
-    """The run of this trial: found again after a resume, created (with its params) otherwise."""
+def child_run(tr: Tracking, ray_trial_id: str, number: int, params: dict, config: dict) -> str:
+    """The run of this trial: found again after a resume, created otherwise.
+
+    Its params are exactly the Optuna trial's (same keys); the full flat config goes along as config.json, and
+    the values shared by every trial are the parent run's params.
+    """
     client = MlflowClient(tr.uri)
     found = client.search_runs([tr.experiment_id], _trial_filter(tr, number))
     if found:
@@ -74,6 +82,7 @@ def child_run(tr: Tracking, ray_trial_id: str, number: int, params: dict) -> str
     run = client.create_run(tr.experiment_id, run_name=f"trial {number}", tags=tags)
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())],
                      tags=[RunTag("mlflow.note.content", f"Optuna trial {number} of study {tr.study}")])
+    client.log_dict(run.info.run_id, config, "config.json")
     return run.info.run_id
 
 

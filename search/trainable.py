@@ -69,7 +69,7 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     searched = {k: v for k, v in config.items() if not k.startswith("_")}
     cfg = Config.from_flat({**ctx.base, **searched}).validate()
     trial_id = tune.get_context().get_trial_id()
-    run_id = tracking.child_run(ctx.tracking, trial_id, number, cfg.to_flat())
+    run_id = tracking.child_run(ctx.tracking, trial_id, number, searched, cfg.to_flat())
     path = checkpoint_path(ctx, number)
     resume = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
     if resume is not None:

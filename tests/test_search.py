@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -52,6 +53,7 @@ def test_smoke_study_fills_optuna_and_mlflow(tmp_path, capsys):
     assert trials[0].params == {"model.width": 8, "model.upsample": "transpose", "optim.lr": 1e-3,
                                 "sched.kind": "constant"}  # the warm-start point comes first
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.params["model.depth"] == "2"  # values shared by every trial live on the parent
     assert len(children) == 4
     by_number = {int(r.data.tags["optuna_trial"]): r for r in children}
     for t in trials:
@@ -59,7 +61,9 @@ def test_smoke_study_fills_optuna_and_mlflow(tmp_path, capsys):
         assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert r.info.run_name == f"trial {t.number}"
         assert r.data.tags["ray_trial_id"] == t.user_attrs["ray_trial_id"]
-        assert set(t.params) <= set(r.data.params)
+        assert r.data.params == {k: str(v) for k, v in t.params.items()}  # the same keys and values as Optuna
+        config = client.download_artifacts(r.info.run_id, "config.json", str(tmp_path / f"c{t.number}"))
+        assert set(t.params) < set(json.loads(Path(config).read_text()))
         assert r.info.status == ("FINISHED" if t.state == optuna.trial.TrialState.COMPLETE else "KILLED")
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val/psnr_hole")]
         assert steps == list(range(1, len(t.intermediate_values) + 1))
