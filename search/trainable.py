@@ -67,9 +67,10 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     torch.set_num_threads(max(1, ctx.threads))
     number = int(config.get(OPTUNA_NUMBER_KEY, -1))
     searched = {k: v for k, v in config.items() if not k.startswith("_")}
-    cfg = Config.from_flat({**ctx.base, **searched}).validate()
-    trial_id = tune.get_context().get_trial_id()
-    run_id = tracking.child_run(ctx.tracking, trial_id, number, searched, cfg.to_flat())
+    flat = {**Config().to_flat(), **ctx.base, **searched}
+    # The run exists before the config is checked, so a trial with an invalid config still gets its FAILED run.
+    run_id = tracking.child_run(ctx.tracking, tune.get_context().get_trial_id(), number, searched, flat)
+    cfg = Config.from_flat(flat).validate()
     path = checkpoint_path(ctx, number)
     resume = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
     if resume is not None:

@@ -104,7 +104,8 @@ def test_failing_trials_are_recorded_with_their_reason(tmp_path):
     assert diverged.state.name == "FAIL" and "diverged" in diverged.user_attrs["fail_reason"]
     assert fine.state.name == "COMPLETE"
     status = {int(r.data.tags["optuna_trial"]): r.info.status for r in children}
-    assert status[diverged.number] == "FAILED" and status[fine.number] == "FINISHED"
+    assert len(children) == 3
+    assert status[bad_width.number] == status[diverged.number] == "FAILED" and status[fine.number] == "FINISHED"
     assert "RUNNING" not in status.values()
 
 
