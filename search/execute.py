@@ -16,6 +16,10 @@ from search.run_setup import RunPlan
 from search.space import Study
 from search.trainable import CheckpointJanitor, TrialContext, trainable
 
+# Shown first in the end-of-run table when a study searches them.
+KEY_PARAMS = ("model.depth", "model.width", "model.prefill", "model.residual", "loss.recon", "loss.w_perceptual",
+              "loss.w_tv", "optim.lr", "sched.kind")
+
 
 class ProgressLine(tune.Callback):
     """One line per finished trial instead of Ray's tables."""
@@ -95,7 +99,9 @@ def run(plan: RunPlan, study: Study) -> dict[str, Any]:
 
 
 def _print_report(report: dict[str, Any], study: Study, plan: RunPlan) -> None:
-    keys = sorted({k for t in report["trials"] for k in t["params"]})[:8]
+    searched = {k for t in report["trials"] for k in t["params"]}
+    keys = [k for k in KEY_PARAMS if k in searched] + sorted(searched - set(KEY_PARAMS))
+    keys = keys[:9]  # the table stays readable; every parameter is in the JSON and the dashboards
     print()
     print(summ.table(report, study.objective, keys))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(report["counts"].items()))
