@@ -7,6 +7,7 @@ import torch
 
 from data.images import DEFAULT_IMAGES, ImageSet, load_splits
 from search.config import Config
+from search.train import save_checkpoint, train
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +27,16 @@ def tiny_config() -> Config:
     cfg.train.device, cfg.train.precision = "cpu", "fp32"
     cfg.train.batch_size, cfg.train.epochs = 4, 2
     return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, small_images):
+    """A real checkpoint: a small pre-fill + residual U-Net trained one epoch at 64x64."""
+    cfg = Config()
+    cfg.model.depth, cfg.model.width, cfg.model.prefill, cfg.model.residual = 3, 8, "pyramid", True
+    cfg.data.image_size, cfg.data.hole_size = 64, 16
+    cfg.train.device, cfg.train.precision, cfg.train.batch_size, cfg.train.epochs = "cpu", "fp32", 4, 1
+    cfg.loss.w_perceptual = 0.0
+    saved = {}
+    train(cfg, lambda m, ep: saved.update(ckpt=ep()), data={"train": small_images, "val": small_images})
+    return save_checkpoint(saved["ckpt"], tmp_path_factory.mktemp("ckpt") / "model.pt")

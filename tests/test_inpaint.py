@@ -3,24 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from search import inpaint
-from search.config import Config
-from search.train import save_checkpoint, train
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, small_images):
-    cfg = Config()
-    cfg.model.depth, cfg.model.width, cfg.model.prefill, cfg.model.residual = 3, 8, "pyramid", True
-    cfg.data.image_size, cfg.data.hole_size = 64, 16
-    cfg.train.device, cfg.train.precision, cfg.train.batch_size, cfg.train.epochs = "cpu", "fp32", 4, 1
-    cfg.loss.w_perceptual = 0.0
-    saved = {}
-    train(cfg, lambda m, ep: saved.update(ckpt=ep()), data={"train": small_images, "val": small_images})
-    return save_checkpoint(saved["ckpt"], tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 def _inputs(folder):
@@ -33,10 +18,10 @@ def _inputs(folder):
     return odd
 
 
-def test_inpaint_with_seeded_reference_holes(checkpoint, tmp_path, capsys):
+def test_inpaint_with_seeded_reference_holes(tiny_checkpoint, tmp_path, capsys):
     odd = _inputs(tmp_path / "in")
     out = tmp_path / "out"
-    assert inpaint.main(["--model", str(checkpoint), "--input", str(tmp_path / "in"), "--output", str(out),
+    assert inpaint.main(["--model", str(tiny_checkpoint), "--input", str(tmp_path / "in"), "--output", str(out),
                          "--device", "cpu", "--mask-seed", "3"]) == 0
     text = capsys.readouterr().out
     assert "wrote 2 image(s)" in text and "skipped 1" in text and "broken.jpg" in text
@@ -46,12 +31,12 @@ def test_inpaint_with_seeded_reference_holes(checkpoint, tmp_path, capsys):
     assert mask.sum() >= 16 * 16  # the checkpoint's own holes: 4 of 16 px
     assert np.array_equal(result[~mask], odd[~mask])  # known pixels are the input's own
     again = tmp_path / "again"
-    inpaint.main(["--model", str(checkpoint), "--input", str(tmp_path / "in"), "--output", str(again),
+    inpaint.main(["--model", str(tiny_checkpoint), "--input", str(tmp_path / "in"), "--output", str(again),
                   "--device", "cpu", "--mask-seed", "3"])
     assert np.array_equal(np.asarray(Image.open(again / "odd_mask.png")), np.asarray(Image.open(out / "odd_mask.png")))
 
 
-def test_inpaint_with_mask_files(checkpoint, tmp_path, capsys):
+def test_inpaint_with_mask_files(tiny_checkpoint, tmp_path, capsys):
     odd = _inputs(tmp_path / "in")
     masks = tmp_path / "masks"
     masks.mkdir()
@@ -59,7 +44,7 @@ def test_inpaint_with_mask_files(checkpoint, tmp_path, capsys):
     m[10:30, 20:45] = 255
     Image.fromarray(m).save(masks / "odd.png")
     out = tmp_path / "out"
-    assert inpaint.main(["--model", str(checkpoint), "--input", str(tmp_path / "in"), "--output", str(out),
+    assert inpaint.main(["--model", str(tiny_checkpoint), "--input", str(tmp_path / "in"), "--output", str(out),
                          "--masks", str(masks), "--device", "cpu"]) == 0
     result = np.asarray(Image.open(out / "odd.png"))
     assert np.array_equal(result[m == 0], odd[m == 0])
