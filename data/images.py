@@ -157,6 +157,8 @@ def load_splits(
     """
     t0 = time.perf_counter()
     root = Path(root).resolve()
+    if (root / "meta.json").is_file():
+        return _load_cached(root, size, val_fraction, test_fraction, limits, t0)
     files = scan(root)
     report = LoadReport(root=str(root), found=len(files))
     if not files:
@@ -210,5 +212,33 @@ def load_splits(
         )
         sets[split] = ImageSet(pixels=pixels, names=[keys[i] for i in keep])
         report.loaded[split] = len(keep)
+    report.seconds = time.perf_counter() - t0
+    return sets, report
+
+
+def _load_cached(
+    root: Path, size: int, val_fraction: float, test_fraction: float, limits: dict[str, int] | None, t0: float,
+) -> tuple[dict[str, ImageSet], LoadReport]:
+    """The same splits as the source folder would give, read from a `data.prepare` cache without decoding."""
+    from data.prepare import SKIPPED, _read_rows, load_cache  # prepare imports this module
+
+    pixels, keys, meta = load_cache(root)
+    if meta["size"] != size:
+        raise DataError(f"the cache {root} holds {meta['size']} px images but {size} px are asked for; "
+                        f"prepare one with --size {size}")
+    skipped = [(r[0], r[1] if len(r) > 1 else "") for r in _read_rows(root / SKIPPED)]
+    report = LoadReport(root=str(root), found=len(keys) + len(skipped), skipped=skipped)
+    chosen: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for i, key in enumerate(keys):
+        chosen[split_of(key, val_fraction, test_fraction)].append(i)
+    sets = {}
+    for split, idx in chosen.items():
+        idx.sort(key=lambda i: hashlib.sha1(keys[i].encode()).digest())
+        if limits and split in limits:
+            idx = idx[: limits[split]]
+        rows = np.asarray(idx, dtype=np.int64)
+        sets[split] = ImageSet(pixels=torch.from_numpy(np.ascontiguousarray(pixels[rows])),
+                               names=[keys[i] for i in idx])
+        report.loaded[split] = len(idx)
     report.seconds = time.perf_counter() - t0
     return sets, report

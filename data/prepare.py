@@ -1,0 +1,128 @@
+"""`python -m data.prepare SRC_DIR --out DIR`: decode a folder of images once into a compact uint8 cache.
+
+The cache is `pixels.u8` (N x 3 x S x S, appended in chunks), `index.tsv` (row, default split, source path),
+`skipped.tsv` (path, reason) and `meta.json`. Re-running continues an interrupted run and does nothing on a finished
+one; training reads the cache (any `--data` that holds a meta.json) without decoding a JPEG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from data.images import DataError, load_image, scan, split_of
+
+META, PIXELS, INDEX, SKIPPED = "meta.json", "pixels.u8", "index.tsv", "skipped.tsv"
+CHUNK = 256
+
+
+def is_cache(path: Path) -> bool:
+    return (Path(path) / META).is_file()
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+
+
+def _decode(src: Path, rel: str, size: int, min_side: int) -> tuple[str, np.ndarray | None, str]:
+    try:
+        from PIL import Image
+
+        with Image.open(src / rel) as img:
+            if min(img.size) < min_side:
+                return rel, None, f"tiny: {img.size[0]}x{img.size[1]} (under {min_side} px)"
+        return rel, load_image(src / rel, size).transpose(2, 0, 1), ""
+    except Exception as exc:  # a bad file is reported, never fatal
+        return rel, None, f"{type(exc).__name__}: {exc}"
+
+
+def prepare(src: Path, out: Path, size: int = 256, workers: int = 4, min_side: int = 32) -> dict:
+    """Build or continue the cache; returns counts and the decode rate."""
+    src, out = Path(src).resolve(), Path(out)
+    files = [p.relative_to(src).as_posix() for p in scan(src)]
+    if not files:
+        raise DataError(f"no images found under {src}")
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / META
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta["size"] != size:
+            raise DataError(f"{out} holds a {meta['size']} px cache; use --size {meta['size']} or another --out")
+    rows, skipped = _read_rows(out / INDEX), _read_rows(out / SKIPPED)
+    done = {r[2] for r in rows} | {r[0] for r in skipped}
+    todo = [f for f in files if f not in done]
+    frame = 3 * size * size
+    # An interrupted write may have left pixels beyond the last indexed row: cut them off.
+    with open(out / PIXELS, "ab") as fh:
+        fh.truncate(len(rows) * frame)
+    t0, count = time.perf_counter(), 0
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, open(out / PIXELS, "ab") as pix, \
+            open(out / INDEX, "a") as index, open(out / SKIPPED, "a") as bad:
+        for start in range(0, len(todo), CHUNK):
+            results = list(pool.map(lambda rel: _decode(src, rel, size, min_side), todo[start : start + CHUNK]))
+            good = [(rel, arr) for rel, arr, _ in results if arr is not None]
+            if good:
+                pix.write(np.stack([arr for _, arr in good]).tobytes())
+                pix.flush()  # pixels first: the index never points at rows that are not on disk
+            for rel, _ in good:
+                index.write(f"{len(rows)}\t{split_of(rel, 0.1, 0.1)}\t{rel}\n")
+                rows.append([str(len(rows)), "", rel])
+            for rel, _, reason in results:
+                if reason:
+                    bad.write(f"{rel}\t{reason}\n")
+            index.flush()
+            bad.flush()
+            count += len(results)
+            rate = count / max(time.perf_counter() - t0, 1e-9)
+            print(f"prepare: {len(done) + count}/{len(files)} images ({rate:.0f} img/s)", file=sys.stderr, flush=True)
+    n_skipped = len(_read_rows(out / SKIPPED))
+    meta = {"version": 1, "size": size, "count": len(rows), "skipped": n_skipped, "source": str(src),
+            "complete": True}
+    meta_path.write_text(json.dumps(meta, indent=2))
+    seconds = time.perf_counter() - t0
+    return {"new": count, "images": len(rows), "skipped": n_skipped, "seconds": seconds,
+            "images_per_s": count / seconds if count and seconds > 0 else 0.0}
+
+
+def load_cache(out: Path) -> tuple[np.ndarray, list[str], dict]:
+    """(pixels memmap (N, 3, S, S), relative paths, meta) of a prepared cache."""
+    out = Path(out)
+    meta = json.loads((out / META).read_text())
+    rows = _read_rows(out / INDEX)[: meta["count"]]
+    size = meta["size"]
+    pixels = np.memmap(out / PIXELS, dtype=np.uint8, mode="r", shape=(len(rows), 3, size, size)) if rows else \
+        np.zeros((0, 3, size, size), np.uint8)
+    return pixels, [r[2] for r in rows], meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0])
+    p.add_argument("src", help="folder tree of images (jpg, png, webp, ...)")
+    p.add_argument("--out", required=True, help="cache folder (created; re-run to continue)")
+    p.add_argument("--size", type=int, default=256, help="square size of the cached images (default 256)")
+    p.add_argument("--workers", type=int, default=4, help="decoding threads (default 4)")
+    p.add_argument("--min-side", type=int, default=32, help="skip images whose short side is smaller (default 32)")
+    args = p.parse_args(argv)
+    try:
+        result = prepare(Path(args.src), Path(args.out), args.size, args.workers, args.min_side)
+    except (DataError, OSError) as exc:
+        print(f"prepare: error: {exc}", file=sys.stderr)
+        return 2
+    if result["new"] == 0:
+        print(f"prepare: nothing to do, {args.out} already holds all {result['images']} images")
+    else:
+        print(f"prepare: {result['images']} images in {args.out} ({result['new']} decoded now at "
+              f"{result['images_per_s']:.0f} img/s); {result['skipped']} skipped, listed in {Path(args.out) / SKIPPED}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
