@@ -37,6 +37,11 @@ class Corruption:
         return min(1.0, self.n_holes * self.min_coverage)
 
 
+def scaled_hole(size: int, hole_at_256: int = 32) -> int:
+    """The reference hole (32 px at 256) at another image size: the same 1.6-6.25% coverage."""
+    return max(1, round(hole_at_256 * size / 256))
+
+
 def draw_mask(corruption: Corruption, rng: np.random.Generator, size: int | None = None) -> torch.Tensor:
     """One mask (1, H, W), holes placed uniformly with the top-left corner anywhere the hole still fits."""
     size = size or corruption.image_size

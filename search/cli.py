@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 from search.config import Config
 from search.train import resolve_device
@@ -58,13 +60,15 @@ def sanity_size(requested: int | None, device: str) -> int:
     """Image size for the sanity tools: the training size (256) on a GPU, 96 on a CPU unless asked.
 
     On a 2-core CPU without bf16 a 256x256 step with the perceptual term takes ~25 s; at 96 it takes ~2 s, so the
-    checks finish in minutes. Holes are scaled with the size (see `scaled_hole`).
+    checks finish in minutes. Holes are scaled with the size (see `data.corrupt.scaled_hole`).
     """
     if requested:
         return requested
     return 256 if resolve_device(device).type == "cuda" else 96
 
 
-def scaled_hole(size: int) -> int:
-    """The reference hole (32 px at 256) at another image size: the same 1.6-6.25% coverage."""
-    return max(1, round(32 * size / 256))
+def write_json(path: str | Path, figures: dict) -> None:
+    """The `--json PATH` of every command: parent folders created, values JSON cannot hold written as text."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2, default=str))

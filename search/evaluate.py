@@ -7,7 +7,6 @@ SSIM / L1 and whole-image PSNR, per-image means. Prints a table, writes a compar
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from data.corrupt import apply_mask, composite
 from data.images import DEFAULT_IMAGES, TEST_MASK_SEED, DataError, ImageSet, fixed_masks, load_splits
 from search.baselines import BASELINES
-from search.cli import Progress, fail
+from search.cli import Progress, fail, write_json
 from search.metrics import hole_metrics
 from search.tracking import sample_grid
 from search.train import corruption_of, load_model, resolve_device
@@ -118,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_mlflow:
         log_mlflow(summary, args)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        write_json(args.json, summary)
     return 0
 
 

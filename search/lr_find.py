@@ -7,7 +7,6 @@ rate at the smoothed loss minimum. Runs the one training loop with the `range` s
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -17,8 +16,9 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
+from data.corrupt import scaled_hole  # noqa: E402
 from data.images import DEFAULT_IMAGES, DataError, load_splits  # noqa: E402
-from search.cli import Progress, add_common, fail, sanity_size, scaled_hole, set_overrides  # noqa: E402
+from search.cli import Progress, add_common, fail, sanity_size, set_overrides, write_json  # noqa: E402
 from search.config import Config  # noqa: E402
 from search.train import train  # noqa: E402
 
@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
         return fail("lr_find", exc)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
+        write_json(args.json, figures)
     return 0
 
 

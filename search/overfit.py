@@ -7,16 +7,16 @@ nothing else should run before this passes. Trains with the one training loop (s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from data.corrupt import scaled_hole
 from data.images import DEFAULT_IMAGES, DataError, fixed_masks, load_splits
 from models.unet import UNet
-from search.cli import Progress, add_common, fail, sanity_size, scaled_hole, set_overrides
+from search.cli import Progress, add_common, fail, sanity_size, set_overrides, write_json
 from search.config import Config
 from search.train import corruption_of, evaluate, resolve_device, resolve_precision, train
 
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
         return fail("overfit", exc)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
+        write_json(args.json, figures)
     if figures["status"] != "completed":
         print(f"overfit: training {figures['status']}: {figures['reason']}", file=sys.stderr)
         return 1

@@ -15,15 +15,13 @@ for _key, _value in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"
     os.environ.setdefault(_key, _value)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import ray  # noqa: E402
 
 from search import execute  # noqa: E402
-from search.cli import fail  # noqa: E402
+from search.cli import fail, write_json  # noqa: E402
 from search.run_setup import RunPlan, plan_run  # noqa: E402
 from search.space import load_study  # noqa: E402
 
@@ -69,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     summary["seconds"] = time.perf_counter() - started
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2, default=str))
+        write_json(args.json, summary)
     return 0 if summary.get("finished") else 130
 
 

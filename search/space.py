@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.corrupt import scaled_hole
 from search.config import Config
 
 # Objectives are judged the same way for every trial, whatever the loss weights (see DESIGN.md).
@@ -38,7 +39,7 @@ class Budget:
         """The budget as config keys (holes keep the reference coverage at any image size)."""
         return {
             "train.epochs": self.epochs, "data.train_images": self.train_images, "data.val_images": self.val_images,
-            "data.image_size": self.image_size, "data.hole_size": max(1, round(32 * self.image_size / 256)),
+            "data.image_size": self.image_size, "data.hole_size": scaled_hole(self.image_size),
             "train.steps_per_epoch": self.steps_per_epoch, "data.val_fraction": self.val_fraction,
             "data.test_fraction": self.test_fraction,
         }
