@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from data.cache import SKIPPED, is_cache, load_cache, read_rows
 from data.corrupt import Corruption, fixed_mask
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -52,6 +53,16 @@ def split_of(key: str, val_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
+def assign_splits(keys: list[str], val_fraction: float, test_fraction: float) -> dict[str, list[int]]:
+    """Indices of `keys` per split, each split in hash order (a capped subset is not all from one sub-folder)."""
+    chosen: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for i, key in enumerate(keys):
+        chosen[split_of(key, val_fraction, test_fraction)].append(i)
+    for idx in chosen.values():
+        idx.sort(key=lambda i: hashlib.sha1(keys[i].encode()).digest())
+    return chosen
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """RGB from any PIL mode; transparency is flattened onto white (black would look like a hole)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -68,12 +79,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: Path, size: int) -> np.ndarray:
+def load_image(path: Path, size: int, min_side: int = 1) -> np.ndarray:
     """Decode one file to a (size, size, 3) uint8 array: EXIF-rotated, RGB, centre square crop, resized.
 
-    Raises OSError / ValueError (and PIL's errors) on unreadable or truncated files.
+    Raises OSError / ValueError (and PIL's errors) on unreadable, truncated, empty or too small images
+    (short side under `min_side` px).
     """
     with Image.open(path) as img:
+        if min(img.size) < max(1, min_side):
+            raise ValueError(f"tiny: {img.size[0]}x{img.size[1]} (under {max(1, min_side)} px)")
         if img.format == "JPEG":
             # Decode at a reduced scale that still leaves the short side >= size: exact enough, much faster.
             w, h = img.size
@@ -84,8 +98,6 @@ def load_image(path: Path, size: int) -> np.ndarray:
         img = ImageOps.exif_transpose(img)
         img = to_rgb(img)
         w, h = img.size
-        if min(w, h) < 1:
-            raise ValueError("empty image")
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
         img = img.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side))
@@ -157,19 +169,14 @@ def load_splits(
     """
     t0 = time.perf_counter()
     root = Path(root).resolve()
-    if (root / "meta.json").is_file():
+    if is_cache(root):
         return _load_cached(root, size, val_fraction, test_fraction, limits, t0)
     files = scan(root)
     report = LoadReport(root=str(root), found=len(files))
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) found under {root}")
     keys = [p.relative_to(root).as_posix() for p in files]
-    chosen: dict[str, list[int]] = {s: [] for s in SPLITS}
-    for i, key in enumerate(keys):
-        chosen[split_of(key, val_fraction, test_fraction)].append(i)
-    for idx in chosen.values():
-        # Hash order, not name order, so a capped subset is not all from one sub-folder.
-        idx.sort(key=lambda i: hashlib.sha1(keys[i].encode()).digest())
+    chosen = assign_splits(keys, val_fraction, test_fraction)
 
     decoded: dict[int, np.ndarray] = {}
 
@@ -220,20 +227,14 @@ def _load_cached(
     root: Path, size: int, val_fraction: float, test_fraction: float, limits: dict[str, int] | None, t0: float,
 ) -> tuple[dict[str, ImageSet], LoadReport]:
     """The same splits as the source folder would give, read from a `data.prepare` cache without decoding."""
-    from data.prepare import SKIPPED, _read_rows, load_cache  # prepare imports this module
-
     pixels, keys, meta = load_cache(root)
     if meta["size"] != size:
         raise DataError(f"the cache {root} holds {meta['size']} px images but {size} px are asked for; "
                         f"prepare one with --size {size}")
-    skipped = [(r[0], r[1] if len(r) > 1 else "") for r in _read_rows(root / SKIPPED)]
+    skipped = [(r[0], r[1] if len(r) > 1 else "") for r in read_rows(root / SKIPPED)]
     report = LoadReport(root=str(root), found=len(keys) + len(skipped), skipped=skipped)
-    chosen: dict[str, list[int]] = {s: [] for s in SPLITS}
-    for i, key in enumerate(keys):
-        chosen[split_of(key, val_fraction, test_fraction)].append(i)
     sets = {}
-    for split, idx in chosen.items():
-        idx.sort(key=lambda i: hashlib.sha1(keys[i].encode()).digest())
+    for split, idx in assign_splits(keys, val_fraction, test_fraction).items():
         if limits and split in limits:
             idx = idx[: limits[split]]
         rows = np.asarray(idx, dtype=np.int64)

@@ -16,30 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from data.cache import INDEX, META, PIXELS, SKIPPED, read_rows
 from data.images import DataError, load_image, scan, split_of
 
-META, PIXELS, INDEX, SKIPPED = "meta.json", "pixels.u8", "index.tsv", "skipped.tsv"
 CHUNK = 256
-
-
-def is_cache(path: Path) -> bool:
-    return (Path(path) / META).is_file()
-
-
-def _read_rows(path: Path) -> list[list[str]]:
-    if not path.exists():
-        return []
-    return [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
 
 
 def _decode(src: Path, rel: str, size: int, min_side: int) -> tuple[str, np.ndarray | None, str]:
     try:
-        from PIL import Image
-
-        with Image.open(src / rel) as img:
-            if min(img.size) < min_side:
-                return rel, None, f"tiny: {img.size[0]}x{img.size[1]} (under {min_side} px)"
-        return rel, load_image(src / rel, size).transpose(2, 0, 1), ""
+        return rel, load_image(src / rel, size, min_side).transpose(2, 0, 1), ""
     except Exception as exc:  # a bad file is reported, never fatal
         return rel, None, f"{type(exc).__name__}: {exc}"
 
@@ -56,13 +41,14 @@ def prepare(src: Path, out: Path, size: int = 256, workers: int = 4, min_side: i
         meta = json.loads(meta_path.read_text())
         if meta["size"] != size:
             raise DataError(f"{out} holds a {meta['size']} px cache; use --size {meta['size']} or another --out")
-    rows, skipped = _read_rows(out / INDEX), _read_rows(out / SKIPPED)
+    rows, skipped = read_rows(out / INDEX), read_rows(out / SKIPPED)
     done = {r[2] for r in rows} | {r[0] for r in skipped}
+    n_rows = len(rows)
     todo = [f for f in files if f not in done]
     frame = 3 * size * size
     # An interrupted write may have left pixels beyond the last indexed row: cut them off.
     with open(out / PIXELS, "ab") as fh:
-        fh.truncate(len(rows) * frame)
+        fh.truncate(n_rows * frame)
     t0, count = time.perf_counter(), 0
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, open(out / PIXELS, "ab") as pix, \
             open(out / INDEX, "a") as index, open(out / SKIPPED, "a") as bad:
@@ -73,34 +59,24 @@ def prepare(src: Path, out: Path, size: int = 256, workers: int = 4, min_side: i
                 pix.write(np.stack([arr for _, arr in good]).tobytes())
                 pix.flush()  # pixels first: the index never points at rows that are not on disk
             for rel, _ in good:
-                index.write(f"{len(rows)}\t{split_of(rel, 0.1, 0.1)}\t{rel}\n")
-                rows.append([str(len(rows)), "", rel])
+                index.write(f"{n_rows}\t{split_of(rel, 0.1, 0.1)}\t{rel}\n")
+                n_rows += 1
             for rel, _, reason in results:
                 if reason:
                     bad.write(f"{rel}\t{reason}\n")
+                    skipped.append([rel, reason])
             index.flush()
             bad.flush()
             count += len(results)
             rate = count / max(time.perf_counter() - t0, 1e-9)
             print(f"prepare: {len(done) + count}/{len(files)} images ({rate:.0f} img/s)", file=sys.stderr, flush=True)
-    n_skipped = len(_read_rows(out / SKIPPED))
-    meta = {"version": 1, "size": size, "count": len(rows), "skipped": n_skipped, "source": str(src),
+    n_skipped = len(skipped)
+    meta = {"version": 1, "size": size, "count": n_rows, "skipped": n_skipped, "source": str(src),
             "complete": True}
     meta_path.write_text(json.dumps(meta, indent=2))
     seconds = time.perf_counter() - t0
-    return {"new": count, "images": len(rows), "skipped": n_skipped, "seconds": seconds,
+    return {"new": count, "images": n_rows, "skipped": n_skipped, "seconds": seconds,
             "images_per_s": count / seconds if count and seconds > 0 else 0.0}
-
-
-def load_cache(out: Path) -> tuple[np.ndarray, list[str], dict]:
-    """(pixels memmap (N, 3, S, S), relative paths, meta) of a prepared cache."""
-    out = Path(out)
-    meta = json.loads((out / META).read_text())
-    rows = _read_rows(out / INDEX)[: meta["count"]]
-    size = meta["size"]
-    pixels = np.memmap(out / PIXELS, dtype=np.uint8, mode="r", shape=(len(rows), 3, size, size)) if rows else \
-        np.zeros((0, 3, size, size), np.uint8)
-    return pixels, [r[2] for r in rows], meta
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from data import prepare
+from data.cache import load_cache
 from data.images import DEFAULT_IMAGES, DataError, load_image, load_splits
 
 
@@ -54,7 +55,7 @@ def test_rerun_is_idempotent_and_continues_after_an_interruption(folder, tmp_pat
         fh.write(b"\x07" * 1000)
     result = prepare.prepare(folder, cache, size=32)
     assert result["new"] == 2 and result["images"] == 12
-    pixels, keys, meta = prepare.load_cache(cache)
+    pixels, keys, meta = load_cache(cache)
     assert meta["count"] == 12 and len(set(keys)) == 12
     assert (cache / prepare.PIXELS).stat().st_size == 12 * 3 * 32 * 32
     for row, key in enumerate(keys):
