@@ -42,15 +42,20 @@ def scaled_hole(size: int, hole_at_256: int = 32) -> int:
     return max(1, round(hole_at_256 * size / 256))
 
 
-def draw_mask(corruption: Corruption, rng: np.random.Generator, size: int | None = None) -> torch.Tensor:
-    """One mask (1, H, W), holes placed uniformly with the top-left corner anywhere the hole still fits."""
-    size = size or corruption.image_size
+def draw_mask(
+    corruption: Corruption, rng: np.random.Generator, size: int | tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """One mask (1, H, W), holes placed uniformly with the top-left corner anywhere the hole still fits.
+
+    `size` is a side or (height, width); any image gets the corruption, not only squares.
+    """
+    height, width = (size, size) if isinstance(size, int) else size or (corruption.image_size,) * 2
     # A study may scale holes with the image; by default the hole keeps its pixel size.
-    hole = min(corruption.hole_size, size)
-    mask = torch.zeros(1, size, size)
-    corners = rng.integers(0, size - hole + 1, size=(corruption.n_holes, 2))
+    hy, hx = min(corruption.hole_size, height), min(corruption.hole_size, width)
+    mask = torch.zeros(1, height, width)
+    corners = rng.integers(0, (height - hy + 1, width - hx + 1), size=(corruption.n_holes, 2))
     for y, x in corners:
-        mask[:, y : y + hole, x : x + hole] = 1.0
+        mask[:, y : y + hy, x : x + hx] = 1.0
     return mask
 
 

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from data.corrupt import apply_mask, composite
+from data.corrupt import Corruption, apply_mask, composite, draw_mask
 from data.images import scan, to_rgb
 from search.cli import fail
-from search.train import load_model, resolve_device
+from search.train import corruption_of, load_model, resolve_device
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,16 +41,11 @@ def read_rgb(path: Path) -> np.ndarray:
         return np.asarray(to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8).copy()
 
 
-def reference_mask(height: int, width: int, n_holes: int, hole: int, seed: int, name: str) -> np.ndarray:
-    """Reference holes (n squares of `hole` px, uniform, overlap allowed) for one image, fixed by seed and name."""
+def reference_mask(height: int, width: int, corruption: Corruption, seed: int, name: str) -> np.ndarray:
+    """The reference corruption for one image of any size, fixed by the seed and the file name."""
     key = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big")
     rng = np.random.default_rng(np.random.SeedSequence([seed, key]))
-    mask = np.zeros((height, width), dtype=bool)
-    hy, hx = min(hole, height), min(hole, width)
-    for _ in range(n_holes):
-        y, x = rng.integers(0, height - hy + 1), rng.integers(0, width - hx + 1)
-        mask[y : y + hy, x : x + hx] = True
-    return mask
+    return draw_mask(corruption, rng, (height, width))[0].numpy() > 0.5
 
 
 def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -91,8 +86,7 @@ def run(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
             if args.masks:
                 mask = read_mask(Path(args.masks) / rel.with_suffix(".png"), image.shape[:2])
             else:
-                mask = reference_mask(*image.shape[:2], cfg.data.n_holes, cfg.data.hole_size, args.mask_seed,
-                                      rel.as_posix())
+                mask = reference_mask(*image.shape[:2], corruption_of(cfg), args.mask_seed, rel.as_posix())
             result = inpaint_array(model, image, mask, device)
         except Exception as exc:  # one bad file never stops the batch
             skipped.append((rel.as_posix(), f"{type(exc).__name__}: {exc}"))
