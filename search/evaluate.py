@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from data.corrupt import apply_mask, composite
-from data.images import DEFAULT_IMAGES, TEST_MASK_SEED, DataError, ImageSet, fixed_masks, load_splits
+from data.images import DEFAULT_IMAGES, TEST_MASK_SEED, DataError, fixed_masks, load_splits
 from search.baselines import BASELINES
 from search.cli import Progress, fail, write_json
-from search.metrics import hole_metrics
 from search.tracking import sample_grid
-from search.train import corruption_of, load_model, resolve_device
-
-METRICS = ("psnr_hole", "ssim_hole", "l1_hole", "psnr")
+from search.train import corruption_of, load_model, resolve_device, score
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,18 +31,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--json", default="", metavar="PATH", help="also write the table as JSON")
     return p.parse_args(argv)
-
-
-def score(fill: Callable, images: ImageSet, masks: torch.Tensor, device: torch.device) -> dict[str, float]:
-    """Per-image means of the hole metrics of `fill(image, mask)`, composited with the known pixels."""
-    sums = dict.fromkeys(METRICS, 0.0)
-    for idx, image in images.batches(8, device):
-        mask = masks[idx].to(device)
-        with torch.no_grad():
-            out = composite(fill(image, mask).float(), image, mask)
-        for k, v in hole_metrics(out, image, mask).items():
-            sums[k] += float(v.sum())
-    return {k: v / max(len(images), 1) for k, v in sums.items()}
 
 
 def table(results: dict[str, dict[str, float]]) -> str:

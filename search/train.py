@@ -106,23 +106,37 @@ def corruption_of(cfg: Config) -> Corruption:
 
 
 @torch.no_grad()
+def score(
+    fill: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: ImageSet, masks: torch.Tensor,
+    device: torch.device, batch_size: int = 16,
+) -> dict[str, float]:
+    """Per-image mean of hole PSNR / SSIM / L1 and whole-image PSNR of `fill(image, mask)`, composited with the
+    known pixels, on fixed masks: the one metric path for models and classical baselines alike."""
+    sums: dict[str, float] = {}
+    for idx, image in images.batches(batch_size, device):
+        mask = masks[idx].to(device)
+        out = composite(fill(image, mask).float(), image, mask)
+        for k, v in hole_metrics(out, image, mask).items():
+            sums[k] = sums.get(k, 0.0) + float(v.sum())
+    n = max(len(images), 1)
+    return {k: v / n for k, v in sums.items()}
+
+
 def evaluate(
     model: torch.nn.Module, images: ImageSet, masks: torch.Tensor, device: torch.device,
     precision: str = "fp32", batch_size: int = 16, prefix: str = "val/",
 ) -> dict[str, float]:
-    """Per-image mean of hole PSNR / SSIM / L1 and whole-image PSNR on fixed masks (composited output)."""
+    """`score` of a model (in eval mode, under the run's precision), keys prefixed, e.g. `val/psnr_hole`."""
     was_training = model.training
     model.eval()
-    sums: dict[str, float] = {}
-    for idx, image in images.batches(batch_size, device):
-        mask = masks[idx].to(device)
+
+    def fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with autocast(device, precision):
-            pred = model(apply_mask(image, mask))
-        for k, v in hole_metrics(composite(pred.float(), image, mask), image, mask).items():
-            sums[k] = sums.get(k, 0.0) + float(v.sum())
+            return model(apply_mask(image, mask))
+
+    metrics = score(fill, images, masks, device, batch_size)
     model.train(was_training)
-    n = max(len(images), 1)
-    return {f"{prefix}{k}": v / n for k, v in sums.items()}
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
 
 
 def train(
