@@ -109,7 +109,7 @@ def _print_report(report: dict[str, Any], study: Study, plan: RunPlan) -> None:
     best = report["best"]
     if best:
         print(f"best full-budget trial: #{best['number']} {study.objective} = {best['value']:.4f}")
-        print("  " + ", ".join(f"{k}={summ._short(v)}" for k, v in sorted(best["params"].items())))
+        print("  " + ", ".join(f"{k}={summ.short(v)}" for k, v in sorted(best["params"].items())))
     else:
         print("no trial ran the full budget yet")
     if not report["finished"]:

@@ -27,7 +27,7 @@ def summarise(storage: str, study_name: str, mode: str) -> dict[str, Any]:
             "user_attrs": dict(study.user_attrs)}
 
 
-def _short(value: Any) -> str:
+def short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
@@ -40,7 +40,7 @@ def table(summary: dict[str, Any], objective: str, keys: list[str]) -> str:
     for t in summary["trials"]:
         value = t["value"]
         shown = "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
-        row = [str(t["number"]), t["state"], shown, str(t["epochs"]), *[_short(t["params"].get(k, "")) for k in keys]]
+        row = [str(t["number"]), t["state"], shown, str(t["epochs"]), *[short(t["params"].get(k, "")) for k in keys]]
         if t["fail_reason"]:
             row.append(t["fail_reason"][:80])
         rows.append(row)
