@@ -16,6 +16,7 @@ from data.corrupt import apply_mask, composite
 from data.images import DEFAULT_IMAGES, TEST_MASK_SEED, DataError, fixed_masks, load_splits
 from search.baselines import BASELINES
 from search.cli import Progress, fail, write_json
+from search.config import Config
 from search.tracking import sample_grid
 from search.train import corruption_of, load_model, resolve_device, score
 
@@ -41,19 +42,17 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> dict:
-    device = resolve_device(args.device)
-    model, cfg = load_model(Path(args.model), device)
-    root = Path(args.data) if args.data else DEFAULT_IMAGES
+def compare(model: torch.nn.Module, cfg: Config, root: Path, images: int, device: torch.device, out: Path) -> dict:
+    """Score `model` and every baseline on the test split of `root`; print and save the table and comparison."""
     sets, report = load_splits(root, cfg.data.image_size, cfg.data.val_fraction, cfg.data.test_fraction,
-                               {"train": 0, "val": 0, "test": args.images}, cfg.data.workers, Progress("decoding"))
+                               {"train": 0, "val": 0, "test": images}, cfg.data.workers, Progress("decoding"))
     test = sets["test"]
     if len(test) == 0:
         raise DataError(f"the test split of {root} is empty (test fraction {cfg.data.test_fraction}); add images")
     masks = fixed_masks(corruption_of(cfg), TEST_MASK_SEED, len(test), test.size)
+    model.eval()
     methods = {"model": lambda image, mask: model(apply_mask(image, mask)), **BASELINES}
     results = {name: score(fn, test, masks, device) for name, fn in methods.items()}
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     text = table(results)
     (out / "table.txt").write_text(text + "\n")
@@ -69,11 +68,28 @@ def run(args: argparse.Namespace) -> dict:
           f"{cfg.data.hole_size}px (seed {TEST_MASK_SEED}); {len(report.skipped)} unreadable skipped")
     print(text)
     print(f"evaluate: comparison image (masked | Telea | model | target) in {out / 'comparison.png'}")
-    return {"model": str(args.model), "data": str(root), "images": len(test), "results": results,
-            "comparison": str(out / "comparison.png")}
+    return {"data": str(root), "images": len(test), "results": results, "comparison": str(out / "comparison.png"),
+            "table": str(out / "table.txt")}
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    model, cfg = load_model(Path(args.model), device)
+    root = Path(args.data) if args.data else DEFAULT_IMAGES
+    return {"model": str(args.model), **compare(model, cfg, root, args.images, device, Path(args.out))}
+
+
+def metrics_of(summary: dict) -> dict[str, float]:
+    """Flat MLflow metric names, e.g. test/opencv_telea/psnr_hole."""
+    flat = {}
+    for method, metrics in summary["results"].items():
+        slug = method.lower().replace(" ", "_").replace("-", "_")
+        flat.update({f"test/{slug}/{k}": v for k, v in metrics.items()})
+    return flat
 
 
 def log_mlflow(summary: dict, args: argparse.Namespace) -> None:
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     uri = args.tracking_uri or f"sqlite:///{(Path(args.out).resolve().parent / 'mlflow.db')}"
@@ -82,12 +98,9 @@ def log_mlflow(summary: dict, args: argparse.Namespace) -> None:
     exp_id = exp.experiment_id if exp else client.create_experiment("evaluate")
     run = client.create_run(exp_id, run_name=f"evaluate {Path(args.model).name}",
                             tags={"model": summary["model"], "data": summary["data"]})
-    for method, metrics in summary["results"].items():
-        slug = method.lower().replace(" ", "_").replace("-", "_")
-        for k, v in metrics.items():
-            client.log_metric(run.info.run_id, f"test/{slug}/{k}", v)
+    client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics_of(summary).items()])
     client.log_artifact(run.info.run_id, summary["comparison"])
-    client.log_artifact(run.info.run_id, str(Path(args.out) / "table.txt"))
+    client.log_artifact(run.info.run_id, summary["table"])
     client.set_terminated(run.info.run_id, "FINISHED")
     print(f"evaluate: logged to MLflow ({uri}), experiment 'evaluate'")
 
