@@ -57,6 +57,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto: bf16 where the device supports it, else fp32 | fp32 | bf16 | fp16
     channels_last: bool = True
+    compile: bool = False  # torch.compile the U-Net (pays off only for long runs: see search.bench)
     eval_every: int = 1  # validate every N epochs (and after the last); 0 = never
     seed: int = 0
     fixed_train_masks: bool = False  # the overfit check: each training image keeps the same holes

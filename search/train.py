@@ -25,6 +25,8 @@ from search.config import Config
 from search.metrics import hole_metrics
 from search.schedule import make_scheduler
 
+CHECK_EVERY = 16  # steps between reads of the divergence flag (the only host-device sync inside an epoch)
+
 
 class Epoch:
     """The second argument of report(): call it for a checkpoint dict; `.model` is the live model."""
@@ -197,6 +199,8 @@ def train(
 
     stream = batches()
     model.train()
+    forward = torch.compile(model) if cfg.train.compile else model
+    first_bad, bad_loss = torch.tensor(-1, device=device), torch.tensor(0.0, device=device)
     for epoch in range(start_epoch, cfg.train.epochs):
         t_epoch = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
@@ -208,22 +212,28 @@ def train(
                 mask = random_masks(corruption, image.shape[0], size, device, gen)
             image = image.contiguous(memory_format=memory)
             with autocast(device, precision):
-                pred = model(apply_mask(image, mask).contiguous(memory_format=memory))
+                pred = forward(apply_mask(image, mask).contiguous(memory_format=memory))
                 loss, terms = loss_fn(pred, image, mask)
-            if not math.isfinite(loss.item()):
-                return _diverged(f"loss became {loss.item()} at step {step}", epoch, step, t0, model, history)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            finite = torch.isfinite(loss.detach())
             if o.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-                if not torch.isfinite(norm) and precision != "fp16":
-                    return _diverged(f"gradient norm became {float(norm)} at step {step}", epoch, step, t0,
-                                     model, history)
+                if precision != "fp16":  # fp16: GradScaler skips steps with overflowing gradients by design
+                    finite &= torch.isfinite(norm)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            # The first bad step, kept on the device: reading it every step would stall a GPU once per step.
+            new_bad = ~finite & (first_bad < 0)
+            first_bad = torch.where(new_bad, step, first_bad)
+            bad_loss = torch.where(new_bad, loss.detach().float(), bad_loss)
             step += 1
+            check = step % CHECK_EVERY == 0 or step == (epoch + 1) * steps_per_epoch
+            if check and (bad := int(first_bad)) >= 0:
+                return _diverged(f"non-finite loss or gradient norm at step {bad} (loss {float(bad_loss)})",
+                                 epoch, step, t0, model, history)
             for k, v in {"loss": loss.detach(), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v.float()
         train_seconds = time.perf_counter() - t_epoch

@@ -1,0 +1,161 @@
+"""`python -m search.bench`: how fast the product is, measured side by side in one run on this machine.
+
+Training step (naive fp32 loop vs the project's loop, FLOP/s against a matmul peak measured here), the data path
+(decoding source images vs reading the prepared cache vs what the step consumes), Ray Tune's overhead on a trial,
+peak memory. Every measurement runs in a fresh process, so one cannot warm caches or hold memory for another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from data.images import DataError
+from search.cli import fail, write_json
+
+SECTIONS = ("step", "data", "ray")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m search.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--size", type=int, default=256, help="training image size for the step (default 256)")
+    p.add_argument("--batch", type=int, default=8, help="batch size for the step (default 8)")
+    p.add_argument("--steps", type=int, default=0, help="timed steps per loop (default 3 on a CPU, 30 on a GPU)")
+    p.add_argument("--compile", action="store_true", help="also time the project loop under torch.compile")
+    p.add_argument("--packed", type=int, default=0, help="also run N project loops at once on the device "
+                   "(trials packed on one GPU with fractional resources)")
+    p.add_argument("--data", default="", help="source image folder for the data path (default: embedded images)")
+    p.add_argument("--cache", default="", help="its data.prepare cache (default: prepared into a temp folder)")
+    p.add_argument("--decode-images", type=int, default=256, help="source images to decode (default 256)")
+    p.add_argument("--trial-seconds", type=float, default=60.0, help="length of the Ray overhead trial (60)")
+    p.add_argument("--json", default="", metavar="PATH", help="also write every figure as JSON")
+    return p.parse_args(argv)
+
+
+def isolated(fn_name: str, *args: Any) -> Any:
+    """Run bench_parts.<fn_name>(*args) in a fresh process and return its result."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(_call, fn_name, *args).result()
+
+
+def _call(fn_name: str, *args: Any) -> Any:
+    from search import bench_parts
+
+    return getattr(bench_parts, fn_name)(*args)
+
+
+def packed(n: int, cfg, steps: int) -> dict[str, Any]:
+    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
+        runs = [f.result() for f in [pool.submit(_call, "project_loop", cfg, steps) for _ in range(n)]]
+    return {"processes": n, "images_per_s": sum(r["images_per_s"] for r in runs),
+            "per_process": [r["images_per_s"] for r in runs]}
+
+
+def step_section(args: argparse.Namespace, figures: dict) -> None:
+    from search.bench_parts import reference_config
+    from search.train import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    steps = args.steps or (30 if device.type == "cuda" else 3)
+    cfg = reference_config(args.size, args.batch, str(device))
+    precision = resolve_precision(cfg.train.precision, device)
+    say(f"step: {args.size}x{args.size}, batch {args.batch}, {steps} timed steps per loop on {device} "
+        f"(project precision {precision})")
+    naive = figures["naive"] = isolated("naive_loop", cfg, steps)
+    say(f"  naive fp32 loop        {naive['images_per_s']:8.2f} img/s  ({naive['step_s']:.2f} s/step)")
+    project = figures["project"] = isolated("project_loop", cfg, steps)
+    say(f"  project loop           {project['images_per_s']:8.2f} img/s  ({project['step_s']:.2f} s/step; "
+        f"{precision}, channels_last {project['channels_last']})")
+    figures["speedup"] = project["images_per_s"] / naive["images_per_s"]
+    say(f"  speed-up               {figures['speedup']:8.2f}x")
+    if args.compile:
+        comp = figures["project_compiled"] = isolated("project_loop", cfg, steps, True)
+        say(f"  project + compile      {comp['images_per_s']:8.2f} img/s  (first epoch incl. compiling: "
+            f"{comp['first_epoch_images_per_s']:.2f} img/s)")
+    flops = figures["step_flops"] = isolated("step_flops", cfg)
+    peak = figures["matmul_peak"] = isolated("matmul_peak", precision, str(device))
+    achieved = flops / project["step_s"]
+    figures["fraction_of_peak"] = achieved / peak["flop_per_s"]
+    say(f"  work                   {flops / args.batch / 1e9:8.1f} GFLOP per image per step (forward + backward)")
+    say(f"  achieved               {achieved / 1e9:8.1f} GFLOP/s = {figures['fraction_of_peak']:.0%} of the "
+        f"{peak['flop_per_s'] / 1e9:.0f} GFLOP/s {precision} matmul peak measured here "
+        f"(naive loop: {flops / naive['step_s'] / peak['flop_per_s']:.0%})")
+    say(f"  peak memory            {project['peak_rss_mb']:8.0f} MB resident (naive loop {naive['peak_rss_mb']:.0f} MB)"
+        + (f", {project['peak_gpu_mb']:.0f} MB on the GPU" if "peak_gpu_mb" in project else ""))
+    if args.packed:
+        pk = figures["packed"] = packed(args.packed, cfg, steps)
+        say(f"  {pk['processes']} loops packed       {pk['images_per_s']:8.2f} img/s together "
+            f"({', '.join(f'{r:.1f}' for r in pk['per_process'])})")
+
+
+def data_section(args: argparse.Namespace, figures: dict) -> None:
+    from data.images import DEFAULT_IMAGES
+    from data.prepare import prepare
+
+    source = Path(args.data) if args.data else DEFAULT_IMAGES
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(args.cache) if args.cache else Path(tmp) / "cache"
+        if not args.cache:
+            say(f"data: preparing a cache of {source} in a temporary folder")
+            prepare(source, cache, args.size, workers=os.cpu_count() or 1)
+        workers = os.cpu_count() or 1
+        dec = figures["decode"] = isolated("decode_rate", source, args.size, args.decode_images, workers)
+        rates = figures["cache"] = isolated("cache_rates", cache, args.size, args.batch)
+    say(f"data: {source}")
+    say(f"  decode + resize        {dec['images_per_s']:8.0f} img/s  ({dec['images']} source images, "
+        f"{workers} threads)")
+    say(f"  cache -> memory        {rates['cache_read_images_per_s']:8.0f} img/s  ({rates['cache_images']} "
+        f"images, {rates['cache_read_images_per_s'] / dec['images_per_s']:.0f}x decoding)")
+    say(f"  training loader        {rates['loader_images_per_s']:8.0f} img/s  (batches with fresh holes, "
+        f"{rates['loader_images_per_s'] / dec['images_per_s']:.0f}x decoding)")
+    if "project" in figures:
+        ratio = figures["loader_over_step"] = rates["loader_images_per_s"] / figures["project"]["images_per_s"]
+        say(f"  loader / step          {ratio:8.0f}x what the training step consumes")
+
+
+def ray_section(args: argparse.Namespace, figures: dict) -> None:
+    from search.bench_parts import ray_config
+
+    cfg = ray_config(args.trial_seconds)
+    say(f"ray: one trial of ~{args.trial_seconds:.0f} s ({cfg.train.epochs} epochs x {cfg.train.steps_per_epoch} "
+        f"steps at {cfg.data.image_size}x{cfg.data.image_size}) bare and under search.run's machinery")
+    r = figures["ray"] = isolated("ray_overhead", cfg)
+    say(f"  bare train()           {r['bare_s']:8.1f} s")
+    say(f"  as a Tune trial        {r['trial_s']:8.1f} s  (overhead {r['overhead_fraction']:+.1%}: Tune's clock for "
+        "the trial, MLflow logging and checkpoints included)")
+    say(f"  once per search        {r['per_search_s']:8.1f} s  (Ray start-up {r['ray_startup_s']:.1f} s, worker start, "
+        f"stores, summary; whole call {r['ray_startup_s'] + r['tune_s']:.1f} s)")
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        return fail("bench", ValueError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}"))
+    figures: dict[str, Any] = {"cpus": os.cpu_count()}
+    try:
+        for name, section in (("step", step_section), ("data", data_section), ("ray", ray_section)):
+            if name in sections:
+                section(args, figures)
+    except (DataError, ValueError, RuntimeError, FileNotFoundError) as exc:
+        return fail("bench", exc)
+    if args.json:
+        write_json(args.json, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

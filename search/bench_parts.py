@@ -1,0 +1,232 @@
+"""The measurements of `search.bench`, one function per figure; each runs in a fresh process (see bench.py).
+
+Step timings use the default `unet_losses` architecture (the reference method: depth 4, width 32, L1 + 0.05
+perceptual + 0.1 TV) at 256x256, batch 8. The naive loop is written here in plain PyTorch on the same modules
+(same math): fp32, contiguous tensors, a host sync every step. The project loop is `search.train.train` with its
+defaults. FLOPs are counted by torch's FlopCounterMode on one forward + backward.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from data.corrupt import apply_mask, random_masks, scaled_hole
+from data.images import DEFAULT_IMAGES, ImageSet, load_image, load_splits, scan
+from losses.composite import CompositeLoss
+from models.unet import UNet
+from search.config import Config
+from search.train import corruption_of, resolve_device, resolve_precision, train
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reference_config(size: int, batch: int, device: str) -> Config:
+    from studies.unet_losses import REFERENCE, STUDY
+
+    flat = {**STUDY.fixed, **REFERENCE, "data.image_size": size, "data.hole_size": scaled_hole(size),
+            "train.batch_size": batch, "train.device": device, "train.eval_every": 0}
+    return Config.from_flat(flat).validate()
+
+
+def bench_images(size: int, count: int) -> ImageSet:
+    """The embedded images, repeated up to `count`: the step benchmarks need pixels, not variety."""
+    sets, _ = load_splits(DEFAULT_IMAGES, size, 0.0, 0.0, {"train": count}, workers=2)
+    pixels = sets["train"].pixels
+    reps = -(-count // len(pixels))
+    return ImageSet(pixels.repeat(reps, 1, 1, 1)[:count], ["x"] * count)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: str, device: str, n: int = 2048, seconds: float = 3.0) -> dict[str, Any]:
+    """Measured matmul FLOP/s in the dtype the project loop computes in (the ceiling its convolutions face)."""
+    dev = resolve_device(device)
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    n = 8192 if dev.type == "cuda" else n
+    a, b = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
+    a @ b
+    _sync(dev)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+        if dev.type == "cuda":
+            _sync(dev)
+    _sync(dev)
+    flops = 2 * n**3 * reps / (time.perf_counter() - t0)
+    return {"dtype": dtype, "n": n, "flop_per_s": flops}
+
+
+def step_flops(cfg: Config) -> float:
+    """FLOPs of one training step's forward + backward (the optimizer's are negligible)."""
+    device = resolve_device(cfg.train.device)
+    model, loss_fn = UNet(cfg.model).to(device), CompositeLoss(cfg.loss).to(device)
+    image = torch.rand(cfg.train.batch_size, 3, cfg.data.image_size, cfg.data.image_size, device=device)
+    mask = random_masks(corruption_of(cfg), image.shape[0], cfg.data.image_size, device)
+    with FlopCounterMode(display=False) as counter:
+        loss, _ = loss_fn(model(apply_mask(image, mask)), image, mask)
+        loss.backward()
+    return float(counter.get_total_flops())
+
+
+def naive_loop(cfg: Config, steps: int, warmup: int = 1) -> dict[str, Any]:
+    """Plain PyTorch: fp32, contiguous memory, loss.item() after every step."""
+    torch.manual_seed(0)
+    device = resolve_device(cfg.train.device)
+    model, loss_fn = UNet(cfg.model).to(device), CompositeLoss(cfg.loss).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    bs, size = cfg.train.batch_size, cfg.data.image_size
+    images = bench_images(size, bs * (steps + warmup))
+    corruption = corruption_of(cfg)
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        image = images.batch(list(range(i * bs, (i + 1) * bs)), device)
+        mask = random_masks(corruption, bs, size, device)
+        loss, _ = loss_fn(model(apply_mask(image, mask)), image, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+    seconds = time.perf_counter() - t0
+    return {"images_per_s": steps * bs / seconds, "step_s": seconds / steps, "peak_rss_mb": peak_rss_mb()}
+
+
+def project_loop(cfg: Config, steps: int, compile_model: bool = False) -> dict[str, Any]:
+    """`search.train.train` with its defaults: one epoch of `steps` to warm up, the second one timed."""
+    cfg.train.epochs, cfg.train.steps_per_epoch = 2, steps
+    cfg.train.compile = compile_model
+    images = bench_images(cfg.data.image_size, cfg.train.batch_size * steps)
+    rates: list[float] = []
+    result = train(cfg, lambda m, e: rates.append(m["train/images_per_s"]), data={"train": images, "val": images})
+    if result.status != "completed":
+        raise RuntimeError(f"the project loop {result.status}: {result.reason}")
+    device = resolve_device(cfg.train.device)
+    out = {"images_per_s": rates[-1], "step_s": cfg.train.batch_size / rates[-1], "first_epoch_images_per_s":
+           rates[0], "precision": resolve_precision(cfg.train.precision, device),
+           "channels_last": cfg.train.channels_last, "compile": compile_model, "peak_rss_mb": peak_rss_mb()}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def decode_rate(root: Path, size: int, count: int, workers: int) -> dict[str, Any]:
+    """Decoding + resizing source images, as a folder `--data` does at start-up (threads, like load_splits)."""
+    files = scan(root)[:count]
+    t0 = time.perf_counter()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        ok = sum(1 for _ in pool.map(lambda p: _try_load(p, size), files))
+    seconds = time.perf_counter() - t0
+    return {"images": len(files), "decoded": ok, "images_per_s": len(files) / seconds, "workers": workers}
+
+
+def _try_load(path: Path, size: int) -> bool:
+    try:
+        load_image(path, size)
+        return True
+    except Exception:  # corrupt files cost their attempt, as in a real load
+        return False
+
+
+def cache_rates(cache: Path, size: int, batch: int, seconds: float = 3.0) -> dict[str, Any]:
+    """Reading the prepared cache into training sets, and batches delivered by the training loader from it."""
+    t0 = time.perf_counter()
+    sets, report = load_splits(cache, size, 0.1, 0.1, {})
+    load_s = time.perf_counter() - t0
+    n = sum(report.loaded.values())
+    train_set = sets["train"]
+    corruption = corruption_of(Config.from_flat({"data.image_size": size, "data.hole_size": scaled_hole(size)}))
+    gen = torch.Generator().manual_seed(0)
+    delivered, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _, image in train_set.batches(batch, "cpu", shuffle=True, generator=gen):
+            # What the loop does per batch before the model: random holes, masked input, channels_last.
+            mask = random_masks(corruption, image.shape[0], size, "cpu", gen)
+            apply_mask(image, mask).contiguous(memory_format=torch.channels_last)
+            delivered += image.shape[0]
+    return {"cache_read_images_per_s": n / load_s, "cache_images": n,
+            "loader_images_per_s": delivered / (time.perf_counter() - t0)}
+
+
+def ray_config(seconds: float) -> Config:
+    """A small trial (64 px, depth-2 U-Net, L1) of about `seconds` on this machine: 3 epochs, steps calibrated."""
+    cfg = Config.from_flat({
+        "model.depth": 2, "model.width": 16, "loss.w_perceptual": 0.0, "train.batch_size": 8, "train.epochs": 1,
+        "train.steps_per_epoch": 10, "data.image_size": 64, "data.hole_size": scaled_hole(64), "train.device": "cpu",
+        "data.val_fraction": 0.2, "data.test_fraction": 0.0, "data.val_images": 8, "data.workers": 1,
+    })
+    data = {"train": bench_images(64, 64), "val": bench_images(64, 8)}
+    train(cfg, data=data)  # warm-up
+    t0 = time.perf_counter()
+    train(cfg, data=data)
+    per_step = (time.perf_counter() - t0) / 10
+    cfg.train.epochs = 3
+    cfg.train.steps_per_epoch = max(1, round(seconds / 3 / per_step))
+    return cfg
+
+
+def ray_overhead(cfg: Config) -> dict[str, Any]:
+    """One trial through search.run's machinery (Ray Tune + Optuna + MLflow + our trainable) against a bare train()
+    of the same configuration; Ray's start-up is measured apart (once per search, not per trial)."""
+    import ray
+
+    from search import execute
+    from search.run import parse_args
+    from search.run_setup import plan_run
+    from search.space import Budget, Study
+
+    fixed = {k: v for k, v in cfg.to_flat().items() if k.split(".")[0] in ("model", "loss", "optim", "train")}
+    budget = Budget(trials=1, epochs=cfg.train.epochs, train_images=0, val_images=8, image_size=cfg.data.image_size,
+                    steps_per_epoch=cfg.train.steps_per_epoch, val_fraction=0.2, test_fraction=0.0)
+    # The bare run loads its images itself too, as a trial does.
+    t0 = time.perf_counter()
+    train(Config.from_flat({**fixed, **budget.flat()}))
+    bare = time.perf_counter() - t0
+    study = Study(name="bench", description="bench", space=_no_space, fixed=fixed, budget=budget, asha=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = parse_args(["--study", "bench", "--results", tmp, "--full-budget", "--cpus-per-trial",
+                           str(max(1, torch.get_num_threads()))])
+        t0 = time.perf_counter()
+        plan = plan_run(args, study)
+        startup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        try:
+            summary = execute.run(plan, study)
+        finally:
+            ray.shutdown()
+        tuned = time.perf_counter() - t0
+        # Tune's own clock for the trial: the trainable from its start to its last report (data, MLflow included).
+        results = [json.loads(line) for f in Path(tmp).glob("ray/bench/*/result.json")
+                   for line in f.read_text().splitlines() if line.strip()]
+    if summary["counts"].get("COMPLETE") != 1 or not results:
+        raise RuntimeError(f"the benchmark trial did not complete: {summary['counts']}")
+    trial = max(r["time_total_s"] for r in results)
+    return {"bare_s": bare, "trial_s": trial, "tune_s": tuned, "ray_startup_s": startup,
+            "overhead_fraction": trial / bare - 1, "per_search_s": startup + tuned - trial}
+
+
+def _no_space(trial) -> None:
+    """The benchmark trial searches nothing: its whole configuration is fixed."""
+
+
+if __name__ == "__main__":
+    sys.exit("run python -m search.bench")

@@ -1,0 +1,56 @@
+"""search.bench at tiny sizes: every section runs for real and reports figures that hang together."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from search import bench, bench_parts
+
+
+def test_step_flops_scale_with_pixels_and_loops_report_rates():
+    small = bench_parts.step_flops(bench_parts.reference_config(32, 2, "cpu"))
+    large = bench_parts.step_flops(bench_parts.reference_config(64, 2, "cpu"))
+    # Convolutions dominate: 4x the pixels is 4x the work (the loss reductions are a rounding error).
+    assert 3.9 < large / small < 4.1
+    # The reference U-Net (72 GFLOP per image per step at 256) plus VGG16 to relu3_3 at 256 would be ~146+;
+    # at 32 px that is 1/64 of it per image.
+    per_image_at_256 = small / 2 * 64 / 1e9
+    assert 100 < per_image_at_256 < 400
+    peak = bench_parts.matmul_peak("fp32", "cpu", n=256, seconds=0.2)
+    assert peak["dtype"] == "fp32" and peak["flop_per_s"] > 0
+
+
+def test_bench_cli_writes_every_figure(tmp_path, capsys):
+    source = tmp_path / "images"
+    shutil.copytree(bench_parts.DEFAULT_IMAGES, source)
+    (source / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--only", "step,data", "--size", "64", "--batch", "2", "--steps", "1", "--data", str(source),
+                     "--decode-images", "16", "--json", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    figures = json.loads(out.read_text())
+    assert figures["naive"]["images_per_s"] > 0 and figures["project"]["images_per_s"] > 0
+    assert abs(figures["speedup"] - figures["project"]["images_per_s"] / figures["naive"]["images_per_s"]) < 1e-9
+    assert 0 < figures["fraction_of_peak"] < 2
+    assert figures["project"]["peak_rss_mb"] > 100  # torch alone is more than that
+    assert figures["cache"]["cache_images"] == 41  # the broken file is not in the cache
+    assert figures["decode"]["images"] == 16
+    assert figures["loader_over_step"] > 1
+    text = capsys.readouterr().out
+    assert "naive fp32 loop" in text and "training loader" in text
+
+
+def test_ray_section_times_one_real_trial(capsys):
+    figures: dict = {}
+    args = bench.parse_args(["--only", "ray", "--trial-seconds", "2"])
+    bench.ray_section(args, figures)
+    r = figures["ray"]
+    assert r["bare_s"] > 0 and r["trial_s"] > 0 and r["ray_startup_s"] > 0
+    assert r["overhead_fraction"] == r["trial_s"] / r["bare_s"] - 1
+    assert "as a Tune trial" in capsys.readouterr().out
+
+
+def test_unknown_section_is_named(capsys):
+    assert bench.main(["--only", "gpu"]) == 2
+    assert "unknown section(s) gpu" in capsys.readouterr().err
