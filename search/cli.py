@@ -45,15 +45,18 @@ class Progress:
     """A progress callback printing `label: done/total (rate/s)` at most every `every` seconds, and at the end."""
 
     def __init__(self, label: str, every: float = 5.0):
-        self.label, self.every = label, every
+        self.label, self.every, self.previous = label, every, 0
         self.start = self.last = time.perf_counter()
 
     def __call__(self, done: int, total: int) -> None:
         now = time.perf_counter()
+        if done < self.previous:  # a new round (e.g. the next epoch): rates start again
+            self.start = now
+        self.previous = done
         if done == total or now - self.last >= self.every:
             self.last = now
             rate = done / max(now - self.start, 1e-9)
-            print(f"{self.label}: {done}/{total} ({rate:.0f}/s)", file=sys.stderr, flush=True)
+            print(f"{self.label}: {done}/{total} ({rate:.3g}/s)", file=sys.stderr, flush=True)
 
 
 def sanity_size(requested: int | None, device: str) -> int:

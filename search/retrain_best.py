@@ -163,7 +163,7 @@ def retrain(args: argparse.Namespace) -> int:
               f"{shown} ({metrics['train/images_per_s']:.1f} img/s)", flush=True)
 
     try:
-        result = train(cfg, report, data=data, resume=resume)
+        result = train(cfg, report, data=data, resume=resume, progress=Progress("retrain_best: steps", every=30.0))
     except KeyboardInterrupt:
         registry.close_run(uri, run_id, "KILLED")
         print(f"\nretrain_best: interrupted; the last finished epoch is in {ckpt_path}: run the same command again "

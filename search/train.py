@@ -143,9 +143,11 @@ def evaluate(
 
 def train(
     cfg: Config, report: Report | None = None, data: dict[str, ImageSet] | None = None,
-    resume: dict | None = None,
+    resume: dict | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
-    """Train one U-Net as `cfg` says; evaluate and report after every epoch. Never trains on NaNs."""
+    """Train one U-Net as `cfg` says; evaluate and report after every epoch. Never trains on NaNs.
+
+    `progress(step_in_epoch, steps_per_epoch)` is called after every step (for long epochs)."""
     cfg.validate()
     t0 = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
@@ -204,7 +206,7 @@ def train(
     for epoch in range(start_epoch, cfg.train.epochs):
         t_epoch = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
-        for _ in range(steps_per_epoch):
+        for i in range(steps_per_epoch):
             idx, image = next(stream)
             if train_masks is not None:
                 mask = train_masks[idx].to(device)
@@ -236,6 +238,8 @@ def train(
                                  epoch, step, t0, model, history)
             for k, v in {"loss": loss.detach(), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v.float()
+            if progress is not None:
+                progress(i + 1, steps_per_epoch)
         train_seconds = time.perf_counter() - t_epoch
         metrics: dict[str, float] = {"epoch": epoch + 1, "step": step}
         metrics.update({f"train/{k}": float(v) / steps_per_epoch for k, v in sums.items()})
