@@ -53,9 +53,15 @@ def _call(fn_name: str, *args: Any) -> Any:
 
 
 def packed(n: int, cfg, steps: int) -> dict[str, Any]:
-    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
-        runs = [f.result() for f in [pool.submit(_call, "project_loop", cfg, steps) for _ in range(n)]]
-    return {"processes": n, "images_per_s": sum(r["images_per_s"] for r in runs),
+    """N training processes on one device, timed together: all images of the timed epochs over the wall time from
+    the first start to the last finish (a barrier lines up the starts after warm-up)."""
+    ctx = get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+        barrier = manager.Barrier(n)
+        runs = [f.result() for f in [pool.submit(_call, "project_loop", cfg, steps, False, barrier)
+                                     for _ in range(n)]]
+    wall = max(r["timed_to"] for r in runs) - min(r["timed_from"] for r in runs)
+    return {"processes": n, "images_per_s": sum(r["timed_images"] for r in runs) / wall,
             "per_process": [r["images_per_s"] for r in runs]}
 
 
@@ -82,12 +88,14 @@ def step_section(args: argparse.Namespace, figures: dict) -> None:
             f"{comp['first_epoch_images_per_s']:.2f} img/s)")
     flops = figures["step_flops"] = isolated("step_flops", cfg)
     peak = figures["matmul_peak"] = isolated("matmul_peak", precision, str(device))
+    fp32 = peak if precision == "fp32" else isolated("matmul_peak", "fp32", str(device))
     achieved = flops / project["step_s"]
     figures["fraction_of_peak"] = achieved / peak["flop_per_s"]
+    figures["naive_fraction_of_fp32_peak"] = flops / naive["step_s"] / fp32["flop_per_s"]
     say(f"  work                   {flops / args.batch / 1e9:8.1f} GFLOP per image per step (forward + backward)")
     say(f"  achieved               {achieved / 1e9:8.1f} GFLOP/s = {figures['fraction_of_peak']:.0%} of the "
         f"{peak['flop_per_s'] / 1e9:.0f} GFLOP/s {precision} matmul peak measured here "
-        f"(naive loop: {flops / naive['step_s'] / peak['flop_per_s']:.0%})")
+        f"(naive loop: {figures['naive_fraction_of_fp32_peak']:.0%} of the fp32 peak)")
     say(f"  peak memory            {project['peak_rss_mb']:8.0f} MB resident (naive loop {naive['peak_rss_mb']:.0f} MB)"
         + (f", {project['peak_gpu_mb']:.0f} MB on the GPU" if "peak_gpu_mb" in project else ""))
     if args.packed:
@@ -101,13 +109,14 @@ def data_section(args: argparse.Namespace, figures: dict) -> None:
     from data.prepare import prepare
 
     source = Path(args.data) if args.data else DEFAULT_IMAGES
+    workers = os.cpu_count() or 1
+    # Decoding first, before preparing reads the sources (both read files the OS may already hold in memory).
+    dec = figures["decode"] = isolated("decode_rate", source, args.size, args.decode_images, workers)
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(args.cache) if args.cache else Path(tmp) / "cache"
         if not args.cache:
             say(f"data: preparing a cache of {source} in a temporary folder")
-            prepare(source, cache, args.size, workers=os.cpu_count() or 1)
-        workers = os.cpu_count() or 1
-        dec = figures["decode"] = isolated("decode_rate", source, args.size, args.decode_images, workers)
+            prepare(source, cache, args.size, workers=workers)
         rates = figures["cache"] = isolated("cache_rates", cache, args.size, args.batch)
     say(f"data: {source}")
     say(f"  decode + resize        {dec['images_per_s']:8.0f} img/s  ({dec['images']} source images, "

@@ -109,19 +109,30 @@ def naive_loop(cfg: Config, steps: int, warmup: int = 1) -> dict[str, Any]:
     return {"images_per_s": steps * bs / seconds, "step_s": seconds / steps, "peak_rss_mb": peak_rss_mb()}
 
 
-def project_loop(cfg: Config, steps: int, compile_model: bool = False) -> dict[str, Any]:
-    """`search.train.train` with its defaults: one epoch of `steps` to warm up, the second one timed."""
+def project_loop(cfg: Config, steps: int, compile_model: bool = False, barrier=None) -> dict[str, Any]:
+    """`search.train.train` with its defaults: one epoch of `steps` to warm up, the second one timed.
+
+    With a `barrier` (packed runs), every process starts its timed epoch at the same moment."""
     cfg.train.epochs, cfg.train.steps_per_epoch = 2, steps
     cfg.train.compile = compile_model
     images = bench_images(cfg.data.image_size, cfg.train.batch_size * steps)
     rates: list[float] = []
-    result = train(cfg, lambda m, e: rates.append(m["train/images_per_s"]), data={"train": images, "val": images})
+    clock: list[float] = []
+
+    def report(metrics: dict, epoch) -> None:
+        rates.append(metrics["train/images_per_s"])
+        if barrier is not None and len(rates) == 1:
+            barrier.wait()
+        clock.append(time.time())
+
+    result = train(cfg, report, data={"train": images, "val": images})
     if result.status != "completed":
         raise RuntimeError(f"the project loop {result.status}: {result.reason}")
     device = resolve_device(cfg.train.device)
     out = {"images_per_s": rates[-1], "step_s": cfg.train.batch_size / rates[-1], "first_epoch_images_per_s":
            rates[0], "precision": resolve_precision(cfg.train.precision, device),
-           "channels_last": cfg.train.channels_last, "compile": compile_model, "peak_rss_mb": peak_rss_mb()}
+           "channels_last": cfg.train.channels_last, "compile": compile_model, "peak_rss_mb": peak_rss_mb(),
+           "timed_from": clock[0], "timed_to": clock[-1], "timed_images": steps * cfg.train.batch_size}
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
@@ -130,6 +141,8 @@ def project_loop(cfg: Config, steps: int, compile_model: bool = False) -> dict[s
 def decode_rate(root: Path, size: int, count: int, workers: int) -> dict[str, Any]:
     """Decoding + resizing source images, as a folder `--data` does at start-up (threads, like load_splits)."""
     files = scan(root)[:count]
+    if not files:
+        raise ValueError(f"no source images to decode under {root}")
     t0 = time.perf_counter()
     from concurrent.futures import ThreadPoolExecutor
 

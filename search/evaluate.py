@@ -17,7 +17,7 @@ from data.images import DEFAULT_IMAGES, TEST_MASK_SEED, DataError, fixed_masks, 
 from search.baselines import BASELINES
 from search.cli import Progress, fail, write_json
 from search.config import Config
-from search.tracking import sample_grid
+from search.tracking import now_ms, sample_grid
 from search.train import corruption_of, load_model, resolve_device, score
 
 
@@ -98,7 +98,7 @@ def log_mlflow(summary: dict, args: argparse.Namespace) -> None:
     exp_id = exp.experiment_id if exp else client.create_experiment("evaluate")
     run = client.create_run(exp_id, run_name=f"evaluate {Path(args.model).name}",
                             tags={"model": summary["model"], "data": summary["data"]})
-    client.log_batch(run.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics_of(summary).items()])
+    client.log_batch(run.info.run_id, metrics=[Metric(k, v, now_ms(), 0) for k, v in metrics_of(summary).items()])
     client.log_artifact(run.info.run_id, summary["comparison"])
     client.log_artifact(run.info.run_id, summary["table"])
     client.set_terminated(run.info.run_id, "FINISHED")

@@ -7,7 +7,6 @@ the MLflow UI shows the retrain next to the trial it came from.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import mlflow
@@ -15,9 +14,10 @@ import torch
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+import models
 from search.config import Config
 from search.evaluate import metrics_of
-from search.tracking import PARENT_TAG
+from search.tracking import PARENT_TAG, now_ms
 
 RETRAIN_ROLE = "retrain"
 
@@ -48,7 +48,7 @@ def open_run(uri: str, study: str, trial: int, cfg: Config, run_id: str | None) 
 def log_epoch(uri: str, run_id: str, metrics: dict[str, float]) -> None:
     step = int(metrics["epoch"])
     MlflowClient(uri).log_batch(run_id, metrics=[
-        Metric(k, float(v), timestamp=0, step=step) for k, v in metrics.items() if k not in ("epoch", "step")])
+        Metric(k, float(v), timestamp=now_ms(), step=step) for k, v in metrics.items() if k not in ("epoch", "step")])
 
 
 def backfill(uri: str, run_id: str, history: list[dict[str, float]]) -> None:
@@ -74,24 +74,31 @@ def finish_run(uri: str, run_id: str, model: torch.nn.Module, comparison: dict, 
                register: bool) -> None:
     """Evaluation metrics and artifacts, the model as an MLflow model (registered unless told not to), FINISHED."""
     client = MlflowClient(uri)
-    client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics_of(comparison).items()])
+    client.log_batch(run_id, metrics=[Metric(k, v, now_ms(), 0) for k, v in metrics_of(comparison).items()])
     client.log_artifact(run_id, comparison["comparison"], "evaluation")
     client.log_artifact(run_id, comparison["table"], "evaluation")
     client.log_artifact(run_id, str(checkpoint), "checkpoint")
     study = client.get_run(run_id).data.tags.get("study", "model")
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
     # Requirements given, not inferred: inference imports the model in a subprocess and can take minutes.
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+    name = model_name(study) if register else None
+    if name and client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        name = None  # registered before an interruption: one version per retrain
+        print(f"retrain_best: this run's model is already registered as {model_name(study)!r}")
     try:
         with mlflow.start_run(run_id=run_id):
             # Pickle, not MLflow's default pt2 export: the pre-fill loops a data-dependent number of levels.
+            # code_paths: the pickled UNet refers to the `models` package, shipped with the model.
             mlflow.pytorch.log_model(model.cpu().eval(), name="model", pip_requirements=requirements,
-                                     serialization_format="pickle",
-                                     registered_model_name=model_name(study) if register else None)
+                                     serialization_format="pickle", code_paths=[str(Path(models.__file__).parent)],
+                                     registered_model_name=name)
     except mlflow.exceptions.MlflowException as exc:
         client.set_terminated(run_id, "FAILED")
         raise RuntimeError(f"the model is saved in {checkpoint}, but logging it to MLflow failed: {exc}") from None
+    finally:
+        mlflow.set_tracking_uri(previous)
     client.set_terminated(run_id, "FINISHED")
     where = f"registered as {model_name(study)!r}, " if register else ""
     print(f"retrain_best: MLflow run {run_id} ({where}tracking {uri})")

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mlflow.exceptions import MlflowException
 
 from data.corrupt import scaled_hole
 from data.images import DataError
-from search import evaluate, summary
+from search import evaluate, registry, summary
 from search.cli import Progress, fail, set_overrides, write_json
 from search.config import Config
 from search.space import Study, load_study
@@ -109,13 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return retrain(args)
-    except (DataError, ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+    except (DataError, ValueError, KeyError, FileNotFoundError, RuntimeError, MlflowException) as exc:
         return fail("retrain_best", exc)
 
 
 def retrain(args: argparse.Namespace) -> int:
-    from search import registry  # MLflow: imported here so --help stays fast
-
     study = load_study(args.study)
     results = Path(args.results).resolve()
     state = search_state(results, study.name)
@@ -164,22 +163,23 @@ def retrain(args: argparse.Namespace) -> int:
 
     try:
         result = train(cfg, report, data=data, resume=resume, progress=Progress("retrain_best: steps", every=30.0))
+        if result.status != "completed":
+            raise RuntimeError(f"training {result.status}: {result.reason}")
+        save_checkpoint({"model": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+                         "config": cfg.to_flat(), "history": result.history, "study": study.name,
+                         "source_trial": trial["number"]}, model_path)
+        print(f"retrain_best: model written to {model_path}")
+        root = Path(cfg.data.root) if cfg.data.root else evaluate.DEFAULT_IMAGES
+        comparison = evaluate.compare(result.model, cfg, root, args.eval_images, device, out / "eval")
+        registry.finish_run(uri, run_id, result.model, comparison, model_path, register=not args.no_register)
     except KeyboardInterrupt:
         registry.close_run(uri, run_id, "KILLED")
         print(f"\nretrain_best: interrupted; the last finished epoch is in {ckpt_path}: run the same command again "
               "to continue", file=sys.stderr)
         return 130
-    if result.status != "completed":
-        registry.close_run(uri, run_id, "FAILED")
-        raise RuntimeError(f"training {result.status}: {result.reason}")
-    save_checkpoint({"model": {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
-                     "config": cfg.to_flat(), "history": result.history, "study": study.name,
-                     "source_trial": trial["number"]}, model_path)
-    print(f"retrain_best: model written to {model_path}")
-    root = Path(cfg.data.root) if cfg.data.root else None
-    comparison = evaluate.compare(result.model, cfg, root or evaluate.DEFAULT_IMAGES, args.eval_images, device,
-                                  out / "eval")
-    registry.finish_run(uri, run_id, result.model, comparison, model_path, register=not args.no_register)
+    except BaseException:
+        registry.close_run(uri, run_id, "FAILED")  # never left RUNNING; the checkpoint stays for a re-run
+        raise
     best = max((m for m in comparison["results"] if m not in ("model", "mean fill")),
                key=lambda m: comparison["results"][m]["psnr_hole"])
     ours, theirs = comparison["results"]["model"], comparison["results"][best]

@@ -8,6 +8,7 @@ driver-side callback ends each run as FINISHED, KILLED (pruned) or FAILED.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +87,14 @@ def child_run(tr: Tracking, ray_trial_id: str, number: int, params: dict, config
     return run.info.run_id
 
 
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def log_epoch(tr: Tracking, run_id: str, metrics: dict[str, float], step: int) -> None:
     client = MlflowClient(tr.uri)
     client.log_batch(run_id, metrics=[
-        Metric(k, float(v), timestamp=0, step=step) for k, v in metrics.items() if k not in ("epoch", "step")
+        Metric(k, float(v), timestamp=now_ms(), step=step) for k, v in metrics.items() if k not in ("epoch", "step")
     ])
 
 

@@ -145,7 +145,10 @@ def train(
     cfg: Config, report: Report | None = None, data: dict[str, ImageSet] | None = None,
     resume: dict | None = None, progress: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
-    """Train one U-Net as `cfg` says; evaluate and report after every epoch. Never trains on NaNs.
+    """Train one U-Net as `cfg` says; evaluate and report after every epoch.
+
+    A non-finite loss or gradient norm ends the run as `diverged` within CHECK_EVERY steps and before the epoch's
+    report, so no checkpoint ever holds NaNs (the returned model of a diverged run may).
 
     `progress(step_in_epoch, steps_per_epoch)` is called after every step (for long epochs)."""
     cfg.validate()
@@ -180,6 +183,11 @@ def train(
 
     start_epoch, step, history = 0, 0, []
     if resume is not None:
+        if resume.get("steps_per_epoch", steps_per_epoch) != steps_per_epoch:
+            raise ValueError(
+                f"the checkpoint was trained with {resume['steps_per_epoch']} steps per epoch ({resume.get('images')} "
+                f"training images), this run has {steps_per_epoch} ({len(train_set)}): the data changed since; "
+                "start again from scratch or restore the data")
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
@@ -191,7 +199,8 @@ def train(
         return copy.deepcopy({
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "config": cfg.to_flat(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": gen.get_state(),
-            "epoch": epoch + 1, "step": step, "history": history,
+            "epoch": epoch + 1, "step": step, "history": history, "steps_per_epoch": steps_per_epoch,
+            "images": len(train_set),
         })
 
     def batches():
@@ -232,7 +241,7 @@ def train(
             first_bad = torch.where(new_bad, step, first_bad)
             bad_loss = torch.where(new_bad, loss.detach().float(), bad_loss)
             step += 1
-            check = step % CHECK_EVERY == 0 or step == (epoch + 1) * steps_per_epoch
+            check = step % CHECK_EVERY == 0 or i + 1 == steps_per_epoch
             if check and (bad := int(first_bad)) >= 0:
                 return _diverged(f"non-finite loss or gradient norm at step {bad} (loss {float(bad_loss)})",
                                  epoch, step, t0, model, history)

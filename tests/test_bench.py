@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+from data.images import scan
 from search import bench, bench_parts
 
 
@@ -31,11 +32,11 @@ def test_bench_cli_writes_every_figure(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     figures = json.loads(out.read_text())
     assert figures["naive"]["images_per_s"] > 0 and figures["project"]["images_per_s"] > 0
-    assert abs(figures["speedup"] - figures["project"]["images_per_s"] / figures["naive"]["images_per_s"]) < 1e-9
-    assert 0 < figures["fraction_of_peak"] < 2
+    assert figures["step_flops"] > 0 and figures["fraction_of_peak"] > 0
     assert figures["project"]["peak_rss_mb"] > 100  # torch alone is more than that
     assert figures["cache"]["cache_images"] == 41  # the broken file is not in the cache
-    assert figures["decode"]["images"] == 16
+    first = scan(source)[:16]
+    assert figures["decode"]["decoded"] == 16 - sum(p.name == "broken.jpg" for p in first)
     assert figures["loader_over_step"] > 1
     text = capsys.readouterr().out
     assert "naive fp32 loop" in text and "training loader" in text
@@ -46,8 +47,8 @@ def test_ray_section_times_one_real_trial(capsys):
     args = bench.parse_args(["--only", "ray", "--trial-seconds", "2"])
     bench.ray_section(args, figures)
     r = figures["ray"]
-    assert r["bare_s"] > 0 and r["trial_s"] > 0 and r["ray_startup_s"] > 0
-    assert r["overhead_fraction"] == r["trial_s"] / r["bare_s"] - 1
+    assert r["bare_s"] > 0 and r["trial_s"] > 0
+    assert r["tune_s"] >= r["trial_s"]  # the whole Tune call holds the trial
     assert "as a Tune trial" in capsys.readouterr().out
 
 

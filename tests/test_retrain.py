@@ -99,19 +99,24 @@ def test_trial_choice_and_missing_search_are_clear_errors(search_results, tmp_pa
     assert "is not a folder" in capsys.readouterr().err
 
 
+def final_run_id(folder: Path) -> str:
+    return torch.load(folder / "checkpoint.pt", weights_only=False)["mlflow_run_id"]
+
+
 def test_sigkilled_retrain_resumes_in_the_same_run(search_results):
     cmd = [sys.executable, "-m", "search.retrain_best", *_args(search_results, "--epochs", "30", "--trial", "0",
                                                                "--no-register")]
     ckpt_path = search_results / "best" / "smoke" / "checkpoint.pt"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.time() + 240
+    deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if ckpt_path.exists() and torch.load(ckpt_path, weights_only=False)["epoch"] >= 2:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert ckpt_path.exists(), "no checkpoint within 10 minutes: " + proc.stdout.read().decode()[-2000:]
     killed_at = torch.load(ckpt_path, weights_only=False)
     assert 2 <= killed_at["epoch"] < 30, "the retrain finished before it could be killed"
 
@@ -122,8 +127,16 @@ def test_sigkilled_retrain_resumes_in_the_same_run(search_results):
     history = final["history"]
     assert [h["epoch"] for h in history] == list(range(1, 31))
     assert history[: killed_at["epoch"]] == killed_at["history"]  # the first epochs are the killed run's own
+    # The same retrain without the kill ends with the very same weights: resume restored optimizer, schedule, RNG.
+    straight = subprocess.run([*cmd, "--out", str(search_results / "straight")], cwd=ROOT, capture_output=True,
+                              text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr
+    reference = torch.load(search_results / "straight" / "model.pt", weights_only=False)
+    for name, tensor in reference["model"].items():
+        assert torch.equal(tensor, final["model"][name]), name
     client = MlflowClient(f"sqlite:///{search_results / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke")
-    (run,) = client.search_runs([exp.experiment_id], "tags.source_trial = '0'")
+    runs = client.search_runs([exp.experiment_id], "tags.source_trial = '0'")
+    (run,) = [r for r in runs if r.info.run_id == final_run_id(search_results / "best" / "smoke")]
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == list(range(1, 31))
