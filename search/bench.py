@@ -121,9 +121,11 @@ def data_section(args: argparse.Namespace, figures: dict) -> None:
     say(f"data: {source}")
     say(f"  decode + resize        {dec['images_per_s']:8.0f} img/s  ({dec['images']} source images, "
         f"{workers} threads)")
-    say(f"  cache -> memory        {rates['cache_read_images_per_s']:8.0f} img/s  ({rates['cache_images']} "
-        f"images, {rates['cache_read_images_per_s'] / dec['images_per_s']:.0f}x decoding)")
-    say(f"  training loader        {rates['loader_images_per_s']:8.0f} img/s  (batches with fresh holes, "
+    say(f"  cache batches          {rates['cache_batch_images_per_s']:8.0f} img/s  (random batches of "
+        f"{args.batch} from the cache file, {rates['cache_batch_images_per_s'] / dec['images_per_s']:.0f}x decoding)")
+    say(f"  cache -> memory        {rates['cache_read_images_per_s']:8.0f} img/s  (all {rates['cache_images']} "
+        f"images up front, as training does; {rates['cache_read_images_per_s'] / dec['images_per_s']:.0f}x decoding)")
+    say(f"  training loader        {rates['loader_images_per_s']:8.0f} img/s  (shuffled batches from memory, "
         f"{rates['loader_images_per_s'] / dec['images_per_s']:.0f}x decoding)")
     if "project" in figures:
         ratio = figures["loader_over_step"] = rates["loader_images_per_s"] / figures["project"]["images_per_s"]
