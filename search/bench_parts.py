@@ -8,6 +8,8 @@ defaults. FLOPs are counted by torch's FlopCounterMode on one forward + backward
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import resource
 import sys
@@ -195,11 +197,17 @@ def ray_config(seconds: float) -> Config:
     })
     data = {"train": bench_images(64, 64), "val": bench_images(64, 8)}
     train(cfg, data=data)  # warm-up
-    t0 = time.perf_counter()
-    train(cfg, data=data)
-    per_step = (time.perf_counter() - t0) / 10
+    timed = {}
+    for steps in (10, 40):
+        cfg.train.steps_per_epoch = steps
+        t0 = time.perf_counter()
+        train(cfg, data=data)
+        timed[steps] = time.perf_counter() - t0
+    # Two lengths separate the cost per step from the fixed cost per epoch (validation, set-up).
+    per_step = max((timed[40] - timed[10]) / 30, 1e-4)
+    per_epoch = max(timed[10] - 10 * per_step, 0.0)
     cfg.train.epochs = 3
-    cfg.train.steps_per_epoch = max(1, round(seconds / 3 / per_step))
+    cfg.train.steps_per_epoch = max(1, round((seconds / 3 - per_epoch) / per_step))
     return cfg
 
 
@@ -229,7 +237,8 @@ def ray_overhead(cfg: Config) -> dict[str, Any]:
         startup = time.perf_counter() - t0
         t0 = time.perf_counter()
         try:
-            summary = execute.run(plan, study)
+            with contextlib.redirect_stdout(io.StringIO()):  # the search's own report is not a figure here
+                summary = execute.run(plan, study)
         finally:
             ray.shutdown()
         tuned = time.perf_counter() - t0
