@@ -7,6 +7,7 @@ the MLflow UI shows the retrain next to the trial it came from.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import mlflow
@@ -81,6 +82,8 @@ def finish_run(uri: str, run_id: str, model: torch.nn.Module, comparison: dict, 
     study = client.get_run(run_id).data.tags.get("study", "model")
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
+    # Its warning about pickle is the known trade-off (pt2 cannot trace the pre-fill); said in the README.
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
     # Requirements given, not inferred: inference imports the model in a subprocess and can take minutes.
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]
     name = model_name(study) if register else None
