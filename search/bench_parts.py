@@ -15,6 +15,7 @@ import resource
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,6 @@ def decode_rate(root: Path, size: int, count: int, workers: int) -> dict[str, An
     if not files:
         raise ValueError(f"no source images to decode under {root}")
     t0 = time.perf_counter()
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=workers) as pool:
         ok = sum(pool.map(lambda p: _try_load(p, size), files))
     seconds = time.perf_counter() - t0

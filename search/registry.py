@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 import models
 from search.config import Config
 from search.evaluate import metrics_of
-from search.tracking import PARENT_TAG, now_ms
+from search.tracking import PARENT_TAG, epoch_metrics, now_ms
 
 RETRAIN_ROLE = "retrain"
 
@@ -47,9 +47,7 @@ def open_run(uri: str, study: str, trial: int, cfg: Config, run_id: str | None) 
 
 
 def log_epoch(uri: str, run_id: str, metrics: dict[str, float]) -> None:
-    step = int(metrics["epoch"])
-    MlflowClient(uri).log_batch(run_id, metrics=[
-        Metric(k, float(v), timestamp=now_ms(), step=step) for k, v in metrics.items() if k not in ("epoch", "step")])
+    MlflowClient(uri).log_batch(run_id, metrics=epoch_metrics(metrics, int(metrics["epoch"])))
 
 
 def backfill(uri: str, run_id: str, history: list[dict[str, float]]) -> None:

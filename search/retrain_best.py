@@ -19,21 +19,21 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from data.corrupt import scaled_hole
-from data.images import DataError
+from data.images import DEFAULT_IMAGES, DataError
 from search import evaluate, registry, summary
 from search.cli import Progress, fail, set_overrides, write_json
 from search.config import Config
 from search.space import Study, load_study
 from search.train import Epoch, load_data, resolve_device, save_checkpoint, train
 
-DEFAULT_IMAGES = 20_000
+DEFAULT_TRAIN_IMAGES = 20_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.retrain_best", description=__doc__.split("\n")[0])
     p.add_argument("--study", required=True, help="the study searched with search.run (a name or a .py file)")
     p.add_argument("--data", default="", help="image folder or prepared cache (default: the embedded images)")
-    p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="training images (default 20000; all "
+    p.add_argument("--images", type=int, default=DEFAULT_TRAIN_IMAGES, help="training images (default 20000; all "
                    "available if fewer)")
     p.add_argument("--epochs", type=int, default=0, help="epochs (default: the study's full budget)")
     p.add_argument("--trial", type=int, default=-1, help="retrain this Optuna trial number instead of the best")
@@ -169,7 +169,7 @@ def retrain(args: argparse.Namespace) -> int:
                          "config": cfg.to_flat(), "history": result.history, "study": study.name,
                          "source_trial": trial["number"]}, model_path)
         print(f"retrain_best: model written to {model_path}")
-        root = Path(cfg.data.root) if cfg.data.root else evaluate.DEFAULT_IMAGES
+        root = Path(cfg.data.root) if cfg.data.root else DEFAULT_IMAGES
         comparison = evaluate.compare(result.model, cfg, root, args.eval_images, device, out / "eval")
         registry.finish_run(uri, run_id, result.model, comparison, model_path, register=not args.no_register)
     except KeyboardInterrupt:

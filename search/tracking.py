@@ -91,11 +91,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def epoch_metrics(metrics: dict[str, float], step: int) -> list[Metric]:
+    """One epoch's report as MLflow metrics at `step` (the epoch and step counters are the step, not metrics)."""
+    now = now_ms()
+    return [Metric(k, float(v), timestamp=now, step=step) for k, v in metrics.items() if k not in ("epoch", "step")]
+
+
 def log_epoch(tr: Tracking, run_id: str, metrics: dict[str, float], step: int) -> None:
-    client = MlflowClient(tr.uri)
-    client.log_batch(run_id, metrics=[
-        Metric(k, float(v), timestamp=now_ms(), step=step) for k, v in metrics.items() if k not in ("epoch", "step")
-    ])
+    MlflowClient(tr.uri).log_batch(run_id, metrics=epoch_metrics(metrics, step))
 
 
 def sample_grid(masked: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> Image.Image:
