@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache", default="", help="its data.prepare cache (default: prepared into a temp folder)")
     p.add_argument("--decode-images", type=int, default=256, help="source images to decode (default 256)")
     p.add_argument("--trial-seconds", type=float, default=60.0, help="length of the Ray overhead trial (60)")
+    p.add_argument("--pairs", type=int, default=3,
+                   help="bare run / Tune trial pairs, run alternately; the median is reported (3)")
     p.add_argument("--json", default="", metavar="PATH", help="also write every figure as JSON")
     return p.parse_args(argv)
 
@@ -138,12 +140,18 @@ def ray_section(args: argparse.Namespace, figures: dict) -> None:
     cfg = ray_config(args.trial_seconds)
     say(f"ray: one trial of ~{args.trial_seconds:.0f} s ({cfg.train.epochs} epochs x {cfg.train.steps_per_epoch} "
         f"steps at {cfg.data.image_size}x{cfg.data.image_size}) bare and under search.run's machinery")
-    r = figures["ray"] = isolated("ray_overhead", cfg)
-    say(f"  bare train()           {r['bare_s']:8.1f} s")
-    say(f"  as a Tune trial        {r['trial_s']:8.1f} s  (overhead {r['overhead_fraction']:+.1%}: Tune's clock for "
-        "the trial, MLflow logging and checkpoints included)")
-    say(f"  once per search        {r['per_search_s']:8.1f} s  (Ray start-up {r['ray_startup_s']:.1f} s, worker start, "
-        f"stores, summary; whole call {r['ray_startup_s'] + r['tune_s']:.1f} s)")
+    r = figures["ray"] = isolated("ray_overhead", cfg, args.pairs)
+    for i, pair in enumerate(r["pairs"], 1):
+        say(f"  pair {i}: bare {pair['bare_s']:6.1f} s, as a Tune trial {pair['trial_s']:6.1f} s "
+            f"({pair['overhead_fraction']:+.1%})")
+    spread = [pair["overhead_fraction"] for pair in r["pairs"]]
+    say(f"  per trial (median)     {r['overhead_fraction']:+8.1%}  (range {min(spread):+.1%} .. {max(spread):+.1%}; "
+        "Tune's clock for the trial against a bare train(), a fresh worker each time)")
+    say(f"    of which set-up      {r['setup_s']:8.1f} s  (MLflow run, data, inside the trial; a bare run loads "
+        "its data too)")
+    say(f"    and bookkeeping      {r['bookkeeping_s']:8.1f} s  (checkpoints, MLflow metrics, sample grids)")
+    say(f"  once per search        {r['per_search_s']:8.1f} s  (Ray start-up {r['ray_startup_s']:.1f} s, worker "
+        "start, stores, summary)")
 
 
 def say(line: str) -> None:

@@ -6,6 +6,7 @@ Tune restarts the trial after an interruption; a diverged run raises, so Tune, O
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ def _sample_grid(model: torch.nn.Module, val: ImageSet, masks: torch.Tensor, dev
 
 def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """One trial. `config` holds the searched flat keys (plus the Optuna trial number)."""
+    entered = time.perf_counter()
     torch.set_num_threads(max(1, ctx.threads))
     number = int(config.get(OPTUNA_NUMBER_KEY, -1))
     searched = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -83,14 +85,22 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     val_masks = fixed_masks(corruption_of(cfg), cfg.train.val_mask_seed, min(SAMPLE_IMAGES, len(data["val"])),
                             data["val"].size)
 
+    # What a trial costs over a bare train(): its set-up (MLflow run, data, checkpoint) and per-epoch bookkeeping
+    # (checkpoint, MLflow, sample grid), reported with every epoch for `search.bench` and the curious.
+    bookkeeping = [0.0]
+    setup_s = time.perf_counter() - entered
+
     def report(metrics: dict[str, float], epoch: Epoch) -> None:
+        t0 = time.perf_counter()
         n = int(metrics["epoch"])
         save_checkpoint(epoch(), path)
         tracking.log_epoch(ctx.tracking, run_id, metrics, step=n)
         device = next(epoch.model.parameters()).device
         grid = _sample_grid(epoch.model, data["val"], val_masks, device)
         tracking.log_image(ctx.tracking, run_id, grid, f"epoch_{n:03d}.png")
-        tune.report({**metrics, "optuna_trial": number})  # may not return: the scheduler can stop us here
+        bookkeeping[0] += time.perf_counter() - t0
+        # may not return: the scheduler can stop us here
+        tune.report({**metrics, "optuna_trial": number, "time/setup_s": setup_s, "time/bookkeeping_s": bookkeeping[0]})
 
     result = train(cfg, report, data=data, resume=resume)
     if result.status == "diverged":

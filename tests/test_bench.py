@@ -42,14 +42,21 @@ def test_bench_cli_writes_every_figure(tmp_path, capsys):
     assert "naive fp32 loop" in text and "training loader" in text
 
 
-def test_ray_section_times_one_real_trial(capsys):
+def test_ray_section_times_real_trials_in_pairs(capsys):
     figures: dict = {}
-    args = bench.parse_args(["--only", "ray", "--trial-seconds", "2"])
+    args = bench.parse_args(["--only", "ray", "--trial-seconds", "2", "--pairs", "2"])
     bench.ray_section(args, figures)
     r = figures["ray"]
-    assert r["bare_s"] > 0 and r["trial_s"] > 0
-    assert r["tune_s"] >= r["trial_s"]  # the whole Tune call holds the trial
-    assert "as a Tune trial" in capsys.readouterr().out
+    assert len(r["pairs"]) == 2
+    for pair in r["pairs"]:
+        assert pair["bare_s"] > 0 and pair["trial_s"] > 0
+        # The trial's own clock holds its set-up and its bookkeeping (3 epochs of checkpoints, MLflow, grids).
+        assert 0 < pair["bookkeeping_s"] < pair["trial_s"] and 0 <= pair["setup_s"] < pair["trial_s"]
+        assert pair["per_search_s"] >= pair["ray_startup_s"] > 0
+    assert min(p["overhead_fraction"] for p in r["pairs"]) <= r["overhead_fraction"] \
+        <= max(p["overhead_fraction"] for p in r["pairs"])
+    text = capsys.readouterr().out
+    assert "pair 2: bare" in text and "per trial (median)" in text
 
 
 def test_unknown_section_is_named(capsys):
