@@ -48,11 +48,20 @@ def _sqlite(path: Path) -> str:
 
 def _start_ray(address: str) -> None:
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        # A private cluster: a bare ray.init() would join whatever cluster /tmp/ray last recorded.
-        ray.init(address="local", include_dashboard=False, **quiet)
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            # A private cluster: a bare ray.init() would join whatever cluster /tmp/ray last recorded.
+            ray.init(address="local", include_dashboard=False, **quiet)
+    except Exception as exc:  # Ray raises bare Exception / ConnectionError on start-up failures
+        if ray.is_initialized():
+            ray.shutdown()
+        where = f"connect to the Ray cluster at {address}" if address else "start a local Ray cluster"
+        hint = ("check the address and that the cluster runs (`ray status` on its head node)" if address else
+                "its processes did not come up in time, usually because the machine is overloaded or its temp "
+                "folder is full: free some CPU or disk and run the same command again (nothing was started)")
+        raise RuntimeError(f"could not {where}: {exc}; {hint}") from exc
     # Our own line per trial and the final table replace Tune's logs; tracebacks stay in the trials' error files.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -121,6 +121,14 @@ def test_existing_results_need_resume_and_unknown_studies_are_listed(tmp_path, c
     assert "nothing to resume" in capsys.readouterr().err
 
 
+def test_unreachable_ray_cluster_is_a_clear_error_that_leaves_nothing_to_resume(tmp_path, capsys):
+    results = tmp_path / "r"
+    assert run.main(["--study", "smoke", "--results", str(results), "--address", "nonsense-address"]) == 2
+    err = capsys.readouterr().err
+    assert "could not connect to the Ray cluster at nonsense-address" in err and "Traceback" not in err
+    assert not (results / "runs" / "smoke.json").exists()  # the same command can simply be run again
+
+
 def test_malformed_study_is_an_error_naming_the_key(tmp_path, capsys):
     bad = tmp_path / "bad.py"
     bad.write_text(FAILING_STUDY.replace('"optim.grad_clip": 0.0', '"optim.grad_clpi": 0.0'))
