@@ -135,21 +135,28 @@ def data_section(args: argparse.Namespace, figures: dict) -> None:
 
 
 def ray_section(args: argparse.Namespace, figures: dict) -> None:
-    from search.bench_parts import ray_config
+    from search.bench_parts import ray_config, summarise_pairs
 
     cfg = ray_config(args.trial_seconds)
     say(f"ray: one trial of ~{args.trial_seconds:.0f} s ({cfg.train.epochs} epochs x {cfg.train.steps_per_epoch} "
         f"steps at {cfg.data.image_size}x{cfg.data.image_size}) bare and under search.run's machinery")
-    r = figures["ray"] = isolated("ray_overhead", cfg, args.pairs)
+    runs = []
+    for _ in range(max(1, args.pairs)):
+        # Alternately, each in a fresh process: drift shifts both sides of a pair alike, and both start cold.
+        runs.append({**isolated("bare_run", cfg), **isolated("one_trial_search", cfg)})
+    r = figures["ray"] = summarise_pairs(runs)
     for i, pair in enumerate(r["pairs"], 1):
         say(f"  pair {i}: bare {pair['bare_s']:6.1f} s, as a Tune trial {pair['trial_s']:6.1f} s "
             f"({pair['overhead_fraction']:+.1%})")
     spread = [pair["overhead_fraction"] for pair in r["pairs"]]
     say(f"  per trial (median)     {r['overhead_fraction']:+8.1%}  (range {min(spread):+.1%} .. {max(spread):+.1%}; "
-        "Tune's clock for the trial against a bare train(), a fresh worker each time)")
+        "Tune's clock for the trial against a bare train(), each in a fresh process)")
     say(f"    of which set-up      {r['setup_s']:8.1f} s  (MLflow run, data, inside the trial; a bare run loads "
         "its data too)")
     say(f"    and bookkeeping      {r['bookkeeping_s']:8.1f} s  (checkpoints, MLflow metrics, sample grids)")
+    say(f"  CPU during the search  {r['trial_cpu_s']:8.1f} s  by the trial (bare: {r['bare_cpu_s']:.1f} s), "
+        f"{r['other_cpu_s']:.1f} s by everything else (Ray's processes, the driver's Tune / Optuna / MLflow, the OS) "
+        f"on {os.cpu_count()} cores")
     say(f"  once per search        {r['per_search_s']:8.1f} s  (Ray start-up {r['ray_startup_s']:.1f} s, worker "
         "start, stores, summary)")
 

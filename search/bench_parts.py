@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import resource
 import statistics
 import sys
@@ -211,24 +212,24 @@ def ray_config(seconds: float) -> Config:
     return cfg
 
 
-def ray_overhead(cfg: Config, pairs: int = 3) -> dict[str, Any]:
-    """A trial through search.run's machinery (Ray Tune + Optuna + MLflow + our trainable) against a bare train() of
-    the same configuration, `pairs` times alternately, so that a machine whose speed drifts over minutes shifts
-    both sides of a pair alike. Each search runs one trial in a fresh worker (its first-trial costs included);
-    Ray's start-up is measured apart (once per search, not per trial)."""
-    fixed = {k: v for k, v in cfg.to_flat().items() if k.split(".")[0] in ("model", "loss", "optim", "train")}
-    runs = []
-    for _ in range(max(1, pairs)):
-        # The bare run loads its images itself too, as a trial does.
-        t0 = time.perf_counter()
-        train(Config.from_flat({**fixed, **_ray_budget(cfg).flat()}))
-        runs.append({"bare_s": time.perf_counter() - t0, **_one_trial_search(cfg, fixed)})
+def _fixed(cfg: Config) -> dict[str, Any]:
+    return {k: v for k, v in cfg.to_flat().items() if k.split(".")[0] in ("model", "loss", "optim", "train")}
+
+
+def bare_run(cfg: Config) -> dict[str, float]:
+    """The trial's configuration as a bare train() call, loading its images itself as a trial does. Called in a
+    fresh process, like a trial in a fresh Ray worker, so both pay the same first-run costs."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    train(Config.from_flat({**_fixed(cfg), **_ray_budget(cfg).flat()}))
+    return {"bare_s": time.perf_counter() - t0, "bare_cpu_s": time.process_time() - cpu0}
+
+
+def summarise_pairs(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """Medians over bare / trial pairs (see bench.ray_section: they run alternately, so that a machine whose speed
+    drifts over minutes shifts both sides of a pair alike)."""
     for r in runs:
         r["overhead_fraction"] = r["trial_s"] / r["bare_s"] - 1
-    median = statistics.median(r["overhead_fraction"] for r in runs)
-    return {"pairs": runs, "overhead_fraction": median,
-            **{k: statistics.median(r[k] for r in runs)
-               for k in ("bare_s", "trial_s", "setup_s", "bookkeeping_s", "ray_startup_s", "per_search_s")}}
+    return {"pairs": runs, **{k: statistics.median(r[k] for r in runs) for k in runs[0]}}
 
 
 def _ray_budget(cfg: Config):
@@ -238,7 +239,9 @@ def _ray_budget(cfg: Config):
                   steps_per_epoch=cfg.train.steps_per_epoch, val_fraction=0.2, test_fraction=0.0)
 
 
-def _one_trial_search(cfg: Config, fixed: dict[str, Any]) -> dict[str, float]:
+def one_trial_search(cfg: Config) -> dict[str, float]:
+    """One trial through search.run's machinery (Ray Tune + Optuna + MLflow + our trainable), in a fresh worker;
+    Ray's start-up is measured apart (once per search, not per trial)."""
     import ray
 
     from search import execute
@@ -246,18 +249,20 @@ def _one_trial_search(cfg: Config, fixed: dict[str, Any]) -> dict[str, float]:
     from search.run_setup import plan_run
     from search.space import Study
 
-    study = Study(name="bench", description="bench", space=_no_space, fixed=fixed, budget=_ray_budget(cfg), asha=None)
+    study = Study(name="bench", description="bench", space=_no_space, fixed=_fixed(cfg), budget=_ray_budget(cfg),
+                  asha=None)
     with tempfile.TemporaryDirectory() as tmp:
         args = parse_args(["--study", "bench", "--results", tmp, "--full-budget", "--cpus-per-trial",
                            str(max(1, torch.get_num_threads()))])
         t0 = time.perf_counter()
         plan = plan_run(args, study)
         startup = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, busy0 = time.perf_counter(), machine_busy_s()
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the search's own report is not a figure here
                 summary = execute.run(plan, study)
         finally:
+            busy = machine_busy_s() - busy0
             ray.shutdown()
         tuned = time.perf_counter() - t0
         # Tune's own clock for the trial: the trainable from its start to its last report (data, MLflow included).
@@ -268,7 +273,18 @@ def _one_trial_search(cfg: Config, fixed: dict[str, Any]) -> dict[str, float]:
     last = max(results, key=lambda r: r["time_total_s"])
     return {"trial_s": last["time_total_s"], "setup_s": last["time/setup_s"],
             "bookkeeping_s": last["time/bookkeeping_s"], "ray_startup_s": startup,
-            "per_search_s": startup + tuned - last["time_total_s"]}
+            "per_search_s": startup + tuned - last["time_total_s"], "trial_cpu_s": last["time/cpu_s"],
+            "other_cpu_s": busy - last["time/cpu_s"]}
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all processes of the machine have used so far (Linux /proc/stat; 0 elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def _no_space(trial) -> None:

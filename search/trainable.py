@@ -65,7 +65,7 @@ def _sample_grid(model: torch.nn.Module, val: ImageSet, masks: torch.Tensor, dev
 
 def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """One trial. `config` holds the searched flat keys (plus the Optuna trial number)."""
-    entered = time.perf_counter()
+    entered, cpu_entered = time.perf_counter(), time.process_time()
     torch.set_num_threads(max(1, ctx.threads))
     number = int(config.get(OPTUNA_NUMBER_KEY, -1))
     searched = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -86,7 +86,8 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
                             data["val"].size)
 
     # What a trial costs over a bare train(): its set-up (MLflow run, data, checkpoint) and per-epoch bookkeeping
-    # (checkpoint, MLflow, sample grid), reported with every epoch for `search.bench` and the curious.
+    # (checkpoint, MLflow, sample grid), reported with every epoch for `search.bench` and the curious, with the
+    # worker's CPU time (all threads), to tell the trial's own work from what other processes took.
     bookkeeping = [0.0]
     setup_s = time.perf_counter() - entered
 
@@ -100,7 +101,8 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         tracking.log_image(ctx.tracking, run_id, grid, f"epoch_{n:03d}.png")
         bookkeeping[0] += time.perf_counter() - t0
         # may not return: the scheduler can stop us here
-        tune.report({**metrics, "optuna_trial": number, "time/setup_s": setup_s, "time/bookkeeping_s": bookkeeping[0]})
+        tune.report({**metrics, "optuna_trial": number, "time/setup_s": setup_s, "time/bookkeeping_s": bookkeeping[0],
+                     "time/cpu_s": time.process_time() - cpu_entered})
 
     result = train(cfg, report, data=data, resume=resume)
     if result.status == "diverged":
