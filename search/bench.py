@@ -154,9 +154,9 @@ def ray_section(args: argparse.Namespace, figures: dict) -> None:
     say(f"    of which set-up      {r['setup_s']:8.1f} s  (MLflow run, data, inside the trial; a bare run loads "
         "its data too)")
     say(f"    and bookkeeping      {r['bookkeeping_s']:8.1f} s  (checkpoints, MLflow metrics, sample grids)")
-    say(f"  CPU during the search  {r['trial_cpu_s']:8.1f} s  by the trial (bare: {r['bare_cpu_s']:.1f} s), "
-        f"{r['other_cpu_s']:.1f} s by everything else (the worker's start-up before the trial's clock, Ray's "
-        f"processes, the driver's Tune / Optuna / MLflow, the OS) on {os.cpu_count()} cores")
+    say(f"  CPU during the trial   {r['trial_cpu_s']:8.1f} s  by the trial (bare run: {r['bare_cpu_s']:.1f} s), "
+        f"{r['other_cpu_s']:.1f} s by all other processes (Ray's, the driver's Tune / Optuna / MLflow, the OS) on "
+        f"{os.cpu_count()} cores")
     say(f"  once per search        {r['per_search_s']:8.1f} s  (Ray start-up {r['ray_startup_s']:.1f} s, worker "
         "start, stores, summary)")
 

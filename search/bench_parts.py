@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import resource
 import statistics
 import sys
@@ -257,12 +256,11 @@ def one_trial_search(cfg: Config) -> dict[str, float]:
         t0 = time.perf_counter()
         plan = plan_run(args, study)
         startup = time.perf_counter() - t0
-        t0, busy0 = time.perf_counter(), machine_busy_s()
+        t0 = time.perf_counter()
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the search's own report is not a figure here
                 summary = execute.run(plan, study)
         finally:
-            busy = machine_busy_s() - busy0
             ray.shutdown()
         tuned = time.perf_counter() - t0
         # Tune's own clock for the trial: the trainable from its start to its last report (data, MLflow included).
@@ -274,17 +272,7 @@ def one_trial_search(cfg: Config) -> dict[str, float]:
     return {"trial_s": last["time_total_s"], "setup_s": last["time/setup_s"],
             "bookkeeping_s": last["time/bookkeeping_s"], "ray_startup_s": startup,
             "per_search_s": startup + tuned - last["time_total_s"], "trial_cpu_s": last["time/cpu_s"],
-            "other_cpu_s": busy - last["time/cpu_s"]}
-
-
-def machine_busy_s() -> float:
-    """CPU seconds all processes of the machine have used so far (Linux /proc/stat; 0 elsewhere)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+            "other_cpu_s": last["time/others_cpu_s"]}
 
 
 def _no_space(trial) -> None:

@@ -6,6 +6,7 @@ Tune restarts the trial after an interruption; a diverged run raises, so Tune, O
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,19 @@ def _sample_grid(model: torch.nn.Module, val: ImageSet, masks: torch.Tensor, dev
     return tracking.sample_grid(image * (1 - mask), composite(pred, image, mask), image)
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds all processes of this machine have used so far (Linux /proc/stat; 0 elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     """One trial. `config` holds the searched flat keys (plus the Optuna trial number)."""
-    entered, cpu_entered = time.perf_counter(), time.process_time()
+    entered, cpu_entered, machine_entered = time.perf_counter(), time.process_time(), machine_cpu_s()
     torch.set_num_threads(max(1, ctx.threads))
     number = int(config.get(OPTUNA_NUMBER_KEY, -1))
     searched = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -87,7 +98,8 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
 
     # What a trial costs over a bare train(): its set-up (MLflow run, data, checkpoint) and per-epoch bookkeeping
     # (checkpoint, MLflow, sample grid), reported with every epoch for `search.bench` and the curious, with the
-    # worker's CPU time (all threads), to tell the trial's own work from what other processes took.
+    # worker's CPU time (all threads) and what all other processes of the machine used meanwhile (Ray's, the
+    # driver's, other trials'): on a small machine that is CPU the trial did not get.
     bookkeeping = [0.0]
     setup_s = time.perf_counter() - entered
 
@@ -101,8 +113,9 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         tracking.log_image(ctx.tracking, run_id, grid, f"epoch_{n:03d}.png")
         bookkeeping[0] += time.perf_counter() - t0
         # may not return: the scheduler can stop us here
+        cpu = time.process_time() - cpu_entered
         tune.report({**metrics, "optuna_trial": number, "time/setup_s": setup_s, "time/bookkeeping_s": bookkeeping[0],
-                     "time/cpu_s": time.process_time() - cpu_entered})
+                     "time/cpu_s": cpu, "time/others_cpu_s": machine_cpu_s() - machine_entered - cpu})
 
     result = train(cfg, report, data=data, resume=resume)
     if result.status == "diverged":

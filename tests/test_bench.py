@@ -53,6 +53,7 @@ def test_ray_section_times_real_trials_in_pairs(capsys):
         # The trial's own clock holds its set-up and its bookkeeping (3 epochs of checkpoints, MLflow, grids).
         assert 0 < pair["bookkeeping_s"] < pair["trial_s"] and 0 <= pair["setup_s"] < pair["trial_s"]
         assert pair["per_search_s"] >= pair["ray_startup_s"] > 0
+        assert pair["trial_cpu_s"] > 0 and pair["bare_cpu_s"] > 0 and pair["other_cpu_s"] > -1  # /proc/stat ticks
     assert min(p["overhead_fraction"] for p in r["pairs"]) <= r["overhead_fraction"] \
         <= max(p["overhead_fraction"] for p in r["pairs"])
     text = capsys.readouterr().out
