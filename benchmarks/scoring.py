@@ -1,5 +1,8 @@
 """Independent scoring for the quality checks: numpy + scikit-image + OpenCV, none of search.metrics.
 
+The classical fills are redone here on purpose rather than taken from search.baselines, so that a fault in the
+project's baseline code cannot shift the bar the model is checked against.
+
 Given folders of `search.inpaint` outputs (each `NAME.png` beside its `NAME_mask.png`, white = hole) and the
 untouched originals, it scores every model and, on the very same masks, OpenCV Telea / Navier-Stokes, biharmonic
 and the push-pull pre-fill alone. Every method is composited the same way (known pixels from the original).

@@ -100,10 +100,11 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     # (checkpoint, MLflow, sample grid), reported with every epoch for `search.bench` and the curious, with the
     # worker's CPU time (all threads) and what all other processes of the machine used meanwhile (Ray's, the
     # driver's, other trials'): on a small machine that is CPU the trial did not get.
-    bookkeeping = [0.0]
+    bookkeeping_s = 0.0
     setup_s = time.perf_counter() - entered
 
     def report(metrics: dict[str, float], epoch: Epoch) -> None:
+        nonlocal bookkeeping_s
         t0 = time.perf_counter()
         n = int(metrics["epoch"])
         save_checkpoint(epoch(), path)
@@ -111,11 +112,11 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         device = next(epoch.model.parameters()).device
         grid = _sample_grid(epoch.model, data["val"], val_masks, device)
         tracking.log_image(ctx.tracking, run_id, grid, f"epoch_{n:03d}.png")
-        bookkeeping[0] += time.perf_counter() - t0
-        # may not return: the scheduler can stop us here
+        bookkeeping_s += time.perf_counter() - t0
         cpu = time.process_time() - cpu_entered
-        tune.report({**metrics, "optuna_trial": number, "time/setup_s": setup_s, "time/bookkeeping_s": bookkeeping[0],
-                     "time/cpu_s": cpu, "time/others_cpu_s": machine_cpu_s() - machine_entered - cpu})
+        times = {"time/setup_s": setup_s, "time/bookkeeping_s": bookkeeping_s, "time/cpu_s": cpu,
+                 "time/others_cpu_s": machine_cpu_s() - machine_entered - cpu}
+        tune.report({**metrics, "optuna_trial": number, **times})  # may not return: the scheduler can stop us here
 
     result = train(cfg, report, data=data, resume=resume)
     if result.status == "diverged":
