@@ -136,27 +136,36 @@ def data_section(args: argparse.Namespace, figures: dict) -> None:
 
 def ray_section(args: argparse.Namespace, figures: dict) -> None:
     from search.bench_parts import ray_config, summarise_pairs
+    from search.bench_procs import GROUPS
 
     cfg = ray_config(args.trial_seconds)
-    say(f"ray: one trial of ~{args.trial_seconds:.0f} s ({cfg.train.epochs} epochs x {cfg.train.steps_per_epoch} "
-        f"steps at {cfg.data.image_size}x{cfg.data.image_size}) bare and under search.run's machinery")
+    say(f"ray: a trial of ~{args.trial_seconds:.0f} s ({cfg.train.epochs} epochs x {cfg.train.steps_per_epoch} "
+        f"steps at {cfg.data.image_size}x{cfg.data.image_size}), twice: bare train() calls in one process, and "
+        "two trials of one search on one Ray worker")
     runs = []
     for _ in range(max(1, args.pairs)):
         # Alternately, each in a fresh process: drift shifts both sides of a pair alike, and both start cold.
-        runs.append({**isolated("bare_run", cfg), **isolated("one_trial_search", cfg)})
+        runs.append({**isolated("bare_run", cfg), **isolated("two_trial_search", cfg)})
     r = figures["ray"] = summarise_pairs(runs)
     for i, pair in enumerate(r["pairs"], 1):
-        say(f"  pair {i}: bare {pair['bare_s']:6.1f} s, as a Tune trial {pair['trial_s']:6.1f} s "
-            f"({pair['overhead_fraction']:+.1%})")
-    spread = [pair["overhead_fraction"] for pair in r["pairs"]]
-    say(f"  per trial (median)     {r['overhead_fraction']:+8.1%}  (range {min(spread):+.1%} .. {max(spread):+.1%}; "
-        "Tune's clock for the trial against a bare train(), each in a fresh process)")
-    say(f"    of which set-up      {r['setup_s']:8.1f} s  (MLflow run, data, inside the trial; a bare run loads "
-        "its data too)")
-    say(f"    and bookkeeping      {r['bookkeeping_s']:8.1f} s  (checkpoints, MLflow metrics, sample grids)")
-    say(f"  CPU during the trial   {r['trial_cpu_s']:8.1f} s  by the trial (bare run: {r['bare_cpu_s']:.1f} s), "
-        f"{r['other_cpu_s']:.1f} s by all other processes (Ray's, the driver's Tune / Optuna / MLflow, the OS) on "
-        f"{os.cpu_count()} cores")
+        say(f"  pair {i}: reused worker: bare {pair['bare2_s']:6.1f} s, as a Tune trial {pair['trial2_s']:6.1f} s "
+            f"({pair['overhead2_fraction']:+.1%}); fresh worker: bare {pair['bare_s']:6.1f} s, as a Tune trial "
+            f"{pair['trial_s']:6.1f} s ({pair['overhead_fraction']:+.1%})")
+    for tag, what in (("2", "per trial, reused worker (most trials of a search)"),
+                      ("", "per trial, fresh worker (the first trial of each worker)")):
+        spread = [pair[f"overhead{tag}_fraction"] for pair in r["pairs"]]
+        say(f"  {what}: {r[f'overhead{tag}_fraction']:+.1%} median (range {min(spread):+.1%} .. {max(spread):+.1%})")
+        say(f"    set-up {r[f'setup{tag}_s']:.1f} s (MLflow run, data, checkpoint look-up), bookkeeping "
+            f"{r[f'bookkeeping{tag}_s']:.1f} s (checkpoints, MLflow metrics, sample grids)")
+        say(f"    CPU {r[f'trial{tag}_cpu_s']:.1f} s by the trial (bare: {r[f'bare{tag}_cpu_s']:.1f} s), "
+            f"{r[f'other{tag}_cpu_s']:.1f} s by all other processes meanwhile, on {os.cpu_count()} cores")
+    named = sum(r[f"cpu/{g}"] for g in GROUPS)
+    say(f"  CPU over the whole two-trial search ({r['cpu/wall_s']:.1f} s wall, {r['cpu/machine_s']:.1f} CPU-s on "
+        f"the machine, {named:.1f} seen by process):")
+    for g in GROUPS:
+        say(f"    {g:<22} {r[f'cpu/{g}']:8.1f} CPU-s  ({r[f'cpu/{g}'] / max(r['cpu/wall_s'], 1e-9):.0%} of a core)")
+    threads = sorted(((k.split("/", 1)[1], v) for k, v in r.items() if k.startswith("thread/")), key=lambda kv: -kv[1])
+    say("    inside the trial worker, by thread name: " + ", ".join(f"{n} {v:.1f}" for n, v in threads[:8]))
     say(f"  once per search        {r['per_search_s']:8.1f} s  (Ray start-up {r['ray_startup_s']:.1f} s, worker "
         "start, stores, summary)")
 

@@ -216,11 +216,20 @@ def _fixed(cfg: Config) -> dict[str, Any]:
 
 
 def bare_run(cfg: Config) -> dict[str, float]:
-    """The trial's configuration as a bare train() call, loading its images itself as a trial does. Called in a
-    fresh process, like a trial in a fresh Ray worker, so both pay the same first-run costs."""
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    train(Config.from_flat({**_fixed(cfg), **_ray_budget(cfg).flat()}))
-    return {"bare_s": time.perf_counter() - t0, "bare_cpu_s": time.process_time() - cpu0}
+    """The trial's configuration as two bare train() calls in one fresh process, as the two trials of the bench
+    search run in one fresh Ray worker: the first loads its images (a trial does too), the second reuses them (a
+    trial on a reused worker does too)."""
+    from search.train import load_data
+
+    cfg = Config.from_flat({**_fixed(cfg), **_ray_budget(cfg).flat()})
+    out: dict[str, float] = {}
+    data = None
+    for tag in ("bare", "bare2"):
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        data = data or load_data(cfg)
+        train(cfg, data=data)
+        out[f"{tag}_s"], out[f"{tag}_cpu_s"] = time.perf_counter() - t0, time.process_time() - cpu0
+    return out
 
 
 def summarise_pairs(runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -228,51 +237,64 @@ def summarise_pairs(runs: list[dict[str, float]]) -> dict[str, Any]:
     drifts over minutes shifts both sides of a pair alike)."""
     for r in runs:
         r["overhead_fraction"] = r["trial_s"] / r["bare_s"] - 1
-    return {"pairs": runs, **{k: statistics.median(r[k] for r in runs) for k in runs[0]}}
+        r["overhead2_fraction"] = r["trial2_s"] / r["bare2_s"] - 1
+    keys = dict.fromkeys(k for r in runs for k in r)  # thread names may differ between runs: absent is 0
+    return {"pairs": runs, **{k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}}
 
 
-def _ray_budget(cfg: Config):
+def _ray_budget(cfg: Config, trials: int = 1):
     from search.space import Budget
 
-    return Budget(trials=1, epochs=cfg.train.epochs, train_images=0, val_images=8, image_size=cfg.data.image_size,
-                  steps_per_epoch=cfg.train.steps_per_epoch, val_fraction=0.2, test_fraction=0.0)
+    return Budget(trials=trials, epochs=cfg.train.epochs, train_images=0, val_images=8,
+                  image_size=cfg.data.image_size, steps_per_epoch=cfg.train.steps_per_epoch, val_fraction=0.2,
+                  test_fraction=0.0)
 
 
-def one_trial_search(cfg: Config) -> dict[str, float]:
-    """One trial through search.run's machinery (Ray Tune + Optuna + MLflow + our trainable), in a fresh worker;
+def two_trial_search(cfg: Config) -> dict[str, float]:
+    """Two trials, one after the other, through search.run's machinery (Ray Tune + Optuna + MLflow + our
+    trainable): the first in a fresh Ray worker, the second on that worker reused, as most trials of a search run.
     Ray's start-up is measured apart (once per search, not per trial)."""
     import ray
 
     from search import execute
+    from search.bench_procs import ProcessCpu
     from search.run import parse_args
     from search.run_setup import plan_run
     from search.space import Study
 
-    study = Study(name="bench", description="bench", space=_no_space, fixed=_fixed(cfg), budget=_ray_budget(cfg),
-                  asha=None)
+    study = Study(name="bench", description="bench", space=_no_space, fixed=_fixed(cfg),
+                  budget=_ray_budget(cfg, trials=2), asha=None)
     with tempfile.TemporaryDirectory() as tmp:
-        args = parse_args(["--study", "bench", "--results", tmp, "--full-budget", "--cpus-per-trial",
-                           str(max(1, torch.get_num_threads()))])
+        args = parse_args(["--study", "bench", "--results", tmp, "--full-budget", "--max-concurrent", "1",
+                           "--cpus-per-trial", str(max(1, torch.get_num_threads()))])
         t0 = time.perf_counter()
         plan = plan_run(args, study)
         startup = time.perf_counter() - t0
         t0 = time.perf_counter()
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # the search's own report is not a figure here
+            # The search's own report is not a figure here.
+            with contextlib.redirect_stdout(io.StringIO()), ProcessCpu() as procs:
                 summary = execute.run(plan, study)
         finally:
             ray.shutdown()
         tuned = time.perf_counter() - t0
-        # Tune's own clock for the trial: the trainable from its start to its last report (data, MLflow included).
-        results = [json.loads(line) for f in Path(tmp).glob("ray/bench/*/result.json")
-                   for line in f.read_text().splitlines() if line.strip()]
-    if summary["counts"].get("COMPLETE") != 1 or not results:
-        raise RuntimeError(f"the benchmark trial did not complete: {summary['counts']}")
-    last = max(results, key=lambda r: r["time_total_s"])
-    return {"trial_s": last["time_total_s"], "setup_s": last["time/setup_s"],
-            "bookkeeping_s": last["time/bookkeeping_s"], "ray_startup_s": startup,
-            "per_search_s": startup + tuned - last["time_total_s"], "trial_cpu_s": last["time/cpu_s"],
-            "other_cpu_s": last["time/others_cpu_s"]}
+        # Tune's own clock for each trial: the trainable from its start to its last report (data, MLflow included).
+        last = {}
+        for f in Path(tmp).glob("ray/bench/*/result.json"):
+            rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            if rows:
+                final = max(rows, key=lambda r: r["time_total_s"])
+                last[final["optuna_trial"]] = final
+    if summary["counts"].get("COMPLETE") != 2 or sorted(last) != [0, 1]:
+        raise RuntimeError(f"the benchmark trials did not complete: {summary['counts']}")
+    out = {"ray_startup_s": startup, "per_search_s": startup + tuned - sum(r["time_total_s"] for r in last.values())}
+    for number, tag in ((0, ""), (1, "2")):
+        r = last[number]
+        out |= {f"trial{tag}_s": r["time_total_s"], f"setup{tag}_s": r["time/setup_s"],
+                f"bookkeeping{tag}_s": r["time/bookkeeping_s"], f"trial{tag}_cpu_s": r["time/cpu_s"],
+                f"other{tag}_cpu_s": r["time/others_cpu_s"]}
+    return {**out, **{f"cpu/{k}": v for k, v in procs.groups().items()},
+            **{f"thread/{k}": v for k, v in procs.worker_threads().items()}}
 
 
 def _no_space(trial) -> None:

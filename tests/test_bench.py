@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from data.images import scan
 from search import bench, bench_parts
+from search.bench_procs import GROUPS, ProcessCpu
 
 
 def test_step_flops_scale_with_pixels_and_loops_report_rates():
@@ -54,12 +60,32 @@ def test_ray_section_times_real_trials_in_pairs(capsys):
         assert 0 < pair["bookkeeping_s"] < pair["trial_s"] and 0 <= pair["setup_s"] < pair["trial_s"]
         assert pair["per_search_s"] >= pair["ray_startup_s"] > 0
         assert pair["trial_cpu_s"] > 0 and pair["bare_cpu_s"] > 0 and pair["other_cpu_s"] > -1  # /proc/stat ticks
+        # The second trial ran on the reused worker, beside a second bare call in the bare process.
+        assert pair["bare2_s"] > 0 and pair["trial2_s"] > 0 and pair["trial2_cpu_s"] > 0
+        assert 0 <= pair["setup2_s"] < pair["trial2_s"]
+        if Path("/proc/stat").exists():  # the CPU split by process: the trial worker did the work
+            assert pair["cpu/trial worker"] > max(pair["cpu/raylet"], pair["cpu/gcs_server"], pair["cpu/driver"])
+            assert pair["cpu/trial worker"] >= 0.5 * (pair["trial_cpu_s"] + pair["trial2_cpu_s"])
+            assert any(k.startswith("thread/") for k in pair)
     assert min(p["overhead_fraction"] for p in r["pairs"]) <= r["overhead_fraction"] \
         <= max(p["overhead_fraction"] for p in r["pairs"])
     text = capsys.readouterr().out
-    assert "pair 2: bare" in text and "per trial (median)" in text
+    assert "pair 2: reused worker: bare" in text and "per trial, reused worker" in text and "raylet" in text
 
 
 def test_unknown_section_is_named(capsys):
     assert bench.main(["--only", "gpu"]) == 2
     assert "unknown section(s) gpu" in capsys.readouterr().err
+
+
+def test_process_cpu_counts_a_child_born_inside_the_window():
+    if not Path("/proc/stat").exists():
+        pytest.skip("per-process CPU needs Linux /proc")
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.0: pass"
+    with ProcessCpu(every_s=0.2) as procs:
+        subprocess.run([sys.executable, "-c", spin], check=True)
+    groups = procs.groups()
+    assert set(GROUPS) <= set(groups)
+    # The child spun 1 CPU-s and is no Ray process; the last sample may miss at most the last 0.2 s of it.
+    assert groups["not Ray"] >= 0.7
+    assert groups["machine_s"] >= 0.9 and groups["wall_s"] >= 1.0
