@@ -44,7 +44,7 @@ def _group(pid: str, cmd: str, driver: str) -> str:
         return "raylet"
     if "gcs_server" in cmd.split(" ")[0]:
         return "gcs_server"
-    if cmd.startswith("ray::") or "ray" in cmd.lower():
+    if cmd.startswith("ray::") or "/ray/" in cmd:  # workers, and Ray's Python daemons (agents, log monitor)
         return "other Ray processes"  # the busiest ray:: worker is relabelled "trial worker" at the end
     return "not Ray"
 
