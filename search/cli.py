@@ -46,13 +46,13 @@ class Progress:
 
     def __init__(self, label: str, every: float = 5.0):
         self.label, self.every, self.previous = label, every, 0
-        self.start = self.last = time.perf_counter()
+        self.start = self.last = self.called = time.perf_counter()
 
     def __call__(self, done: int, total: int) -> None:
         now = time.perf_counter()
-        if done < self.previous:  # a new round (e.g. the next epoch): rates start again
-            self.start = now
-        self.previous = done
+        if done < self.previous:  # a new round (e.g. the next epoch): rates start again, from the last call
+            self.start = self.called  # (not from now: `done` items of this round are already behind us)
+        self.previous, self.called = done, now
         if done == total or now - self.last >= self.every:
             self.last = now
             rate = done / max(now - self.start, 1e-9)

@@ -76,3 +76,17 @@ def test_lr_find_suggestions():
     smoothed = lr_find.smooth(losses)
     assert lr_find.suggest(lrs, losses) == pytest.approx(lrs[smoothed.index(min(smoothed))] / 10)
     assert lrs[30] / 10 <= lr_find.suggest(lrs, losses) <= lrs[40] / 10
+
+
+def test_progress_rate_of_a_new_round_counts_from_the_last_call(capsys, monkeypatch):
+    from search import cli
+
+    clock = iter([0.0, 10.0, 20.0, 30.0, 40.0])  # construction, then one call per 10 s
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
+    progress = cli.Progress("steps", every=0.0)
+    progress(1, 2)
+    progress(2, 2)
+    progress(1, 2)  # the next epoch: 1 step in the 10 s since the last call, not 1 step in no time
+    progress(2, 2)
+    rates = [line.split("(")[1] for line in capsys.readouterr().err.splitlines()]
+    assert rates == ["0.1/s)", "0.1/s)", "0.1/s)", "0.1/s)"]
