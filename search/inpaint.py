@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 
 from data.corrupt import Corruption, apply_mask, composite, draw_mask
 from data.images import scan, to_rgb
-from search.cli import fail
+from search.cli import Progress, fail
 from search.train import corruption_of, load_model, resolve_device
 
 
@@ -79,8 +79,10 @@ def run(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
         raise FileNotFoundError(f"no images found under {root}")
     out.mkdir(parents=True, exist_ok=True)
     done, skipped = 0, []
+    progress = Progress("inpaint")  # one line every 5 s and at the end (logs too, not only terminals)
     for i, path in enumerate(files, 1):
         rel = path.relative_to(root)
+        progress(i - 1, len(files))
         try:
             image = read_rgb(path)
             if args.masks:
@@ -97,8 +99,7 @@ def run(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
         if not args.masks:
             Image.fromarray(mask.astype(np.uint8) * 255).save(target.with_name(target.stem + "_mask.png"))
         done += 1
-        print(f"\rinpaint: {i}/{len(files)}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+    progress(len(files), len(files))
     return done, skipped
 
 
