@@ -19,22 +19,16 @@ GROUPS = ("trial worker", "driver", "raylet", "gcs_server", "other Ray processes
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _read(pid: str) -> tuple[float, str] | None:
-    """(CPU seconds so far, command line) of one process, or None if it is gone or unreadable."""
+def _read(path: str, label_file: str) -> tuple[float, str] | None:
+    """(CPU seconds so far, label) of /proc/<path>, or None if it is gone or unreadable. A process is labelled by
+    its command line ("cmdline"), a thread by its name ("comm")."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        stat = Path(f"/proc/{path}/stat").read_text()
+        label = Path(f"/proc/{path}/{label_file}").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "; comm may hold spaces
-    return (int(fields[11]) + int(fields[12])) / _TICK, cmd or stat[stat.index("(") + 1: stat.rindex(")")]
-
-
-def _comm(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "?"
+    return (int(fields[11]) + int(fields[12])) / _TICK, label.strip() or stat[stat.index("(") + 1: stat.rindex(")")]
 
 
 def _group(pid: str, cmd: str, driver: str) -> str:
@@ -68,15 +62,15 @@ class ProcessCpu:
 
     def _sample(self) -> None:
         for pid in (p.name for p in Path("/proc").iterdir() if p.name.isdigit()) if Path("/proc").is_dir() else ():
-            seen = _read(pid)
+            seen = _read(pid, "cmdline")
             if seen is None:
                 continue
             self._note(pid, seen)
             if seen[1].startswith("ray::"):  # Ray workers: also by thread, to see what runs beside the training
                 for task in Path(f"/proc/{pid}/task").glob("*"):
-                    thread = _read(f"{pid}/task/{task.name}")
+                    thread = _read(f"{pid}/task/{task.name}", "comm")
                     if thread is not None:
-                        self._note(f"{pid}/{task.name}", (thread[0], _comm(f"{pid}/task/{task.name}")))
+                        self._note(f"{pid}/{task.name}", thread)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
