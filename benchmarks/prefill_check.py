@@ -25,8 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search.config import Config  # noqa: E402
-from search.train import save_checkpoint, train  # noqa: E402
+from search.core.checkpoint import save_checkpoint  # noqa: E402
+from search.core.config import Config  # noqa: E402
+from search.core.train import train  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import scoring  # noqa: E402

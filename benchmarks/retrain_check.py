@@ -7,9 +7,9 @@ independently against the classical methods.
 Needs a finished search in --results (the README's first quick-start command makes one). Runs
 `python -m search.retrain_best --study S --data TRAIN --images N --epochs E` (resumable: re-run this script after an
 interruption), then `python -m search.inpaint --mask-seed 7` on UNSEEN, then scores the model with
-`benchmarks/scoring.py` (numpy + scikit-image + OpenCV, none of search.metrics) beside OpenCV Telea / Navier-Stokes,
-biharmonic and the pre-fill alone, on the same masks. Prints where the model beats the best classical method on hole
-PSNR and hole SSIM, and where it does not; writes scores.json.
+`benchmarks/scoring.py` (numpy + scikit-image + OpenCV, none of search.core.metrics) beside OpenCV Telea /
+Navier-Stokes, biharmonic and the pre-fill alone, on the same masks. Prints where the model beats the best
+classical method on hole PSNR and hole SSIM, and where it does not; writes scores.json.
 """
 
 from __future__ import annotations

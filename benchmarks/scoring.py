@@ -1,6 +1,6 @@
-"""Independent scoring for the quality checks: numpy + scikit-image + OpenCV, none of search.metrics.
+"""Independent scoring for the quality checks: numpy + scikit-image + OpenCV, none of search.core.metrics.
 
-The classical fills are redone here on purpose rather than taken from search.baselines, so that a fault in the
+The classical fills are redone here on purpose rather than taken from search.core.baselines, so that a fault in the
 project's baseline code cannot shift the bar the model is checked against.
 
 Given folders of `search.inpaint` outputs (each `NAME.png` beside its `NAME_mask.png`, white = hole) and the

@@ -7,7 +7,9 @@ centre-cropped and resized to a square; unreadable files are skipped and reporte
 from __future__ import annotations
 
 import hashlib
+import struct
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +32,13 @@ TEST_MASK_SEED = 4321
 
 class DataError(ValueError):
     """A data problem the user can fix (empty folder, empty split); the message says how."""
+
+
+# What decoding a bad file raises (PIL's own errors are OSError / SyntaxError subclasses; truncated streams can
+# surface as EOFError, struct.error or zlib.error). Anything else is a bug in our code and must propagate,
+# never be reported as an "unreadable image".
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, MemoryError,
+                 Image.DecompressionBombError)
 
 
 def scan(root: Path) -> list[Path]:
@@ -184,7 +193,7 @@ def load_splits(
     def work(i: int) -> tuple[int, np.ndarray | None, str]:
         try:
             return i, load_image(files[i], size), ""
-        except Exception as exc:  # any decoder failure means "skip this file", never "stop the run"
+        except DECODE_ERRORS as exc:  # a bad file means "skip this file", never "stop the run"
             return i, None, f"{type(exc).__name__}: {exc}"
 
     # A capped split takes the next candidates in hash order when some of its files turn out unreadable.

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from data.cache import INDEX, META, PIXELS, SKIPPED, read_rows
-from data.images import DataError, load_image, scan, split_of
+from data.images import DECODE_ERRORS, DataError, load_image, scan, split_of
 
 CHUNK = 256
 
@@ -25,7 +25,7 @@ CHUNK = 256
 def _decode(src: Path, rel: str, size: int, min_side: int) -> tuple[str, np.ndarray | None, str]:
     try:
         return rel, load_image(src / rel, size, min_side).transpose(2, 0, 1), ""
-    except Exception as exc:  # a bad file is reported, never fatal
+    except DECODE_ERRORS as exc:  # a bad file is reported, never fatal
         return rel, None, f"{type(exc).__name__}: {exc}"
 
 

@@ -1,15 +1,15 @@
-"""Shared command-line pieces: common flags, `--set section.field=value` overrides, one-line errors."""
+"""Shared command-line pieces: common flags, range-checked numbers, `--set section.field=value` overrides,
+one-line errors. Used by the command modules only; no library module imports this file's callers."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from search.config import Config
-from search.train import resolve_device
+from search.core.config import Config
+from search.core.device import resolve_device
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -18,6 +18,23 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default="", metavar="PATH", help="also write the figures as JSON to PATH")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set model.width=16 (repeatable)")
+
+
+def at_least(low: float, kind: type = int, above: bool = False):
+    """An argparse `type` that parses `kind` and refuses values below `low` (or not above it, if `above`), so a
+    bad number fails at parse time with the flag's name instead of deep inside a run."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if value != value or (value <= low if above else value < low):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {low:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def set_overrides(cfg: Config, pairs: list[str]) -> Config:
@@ -39,24 +56,6 @@ def fail(tool: str, exc: BaseException) -> int:
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     print(f"{tool}: error: {msg}", file=sys.stderr)
     return 2
-
-
-class Progress:
-    """A progress callback printing `label: done/total (rate/s)` at most every `every` seconds, and at the end."""
-
-    def __init__(self, label: str, every: float = 5.0):
-        self.label, self.every, self.previous = label, every, 0
-        self.start = self.last = self.called = time.perf_counter()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if done < self.previous:  # a new round (e.g. the next epoch): rates start again, from the last call
-            self.start = self.called  # (not from now: `done` items of this round are already behind us)
-        self.previous, self.called = done, now
-        if done == total or now - self.last >= self.every:
-            self.last = now
-            rate = done / max(now - self.start, 1e-9)
-            print(f"{self.label}: {done}/{total} ({rate:.3g}/s)", file=sys.stderr, flush=True)
 
 
 def sanity_size(requested: int | None, device: str) -> int:

@@ -8,19 +8,14 @@ Outputs are composited PNGs: known pixels are the input's own. Unreadable files 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image, ImageOps
-
-from data.corrupt import Corruption, apply_mask, composite, draw_mask
-from data.images import scan, to_rgb
-from search.cli import Progress, fail
-from search.train import corruption_of, load_model, resolve_device
+from search.cli import fail
+from search.core.apply import inpaint_folder
+from search.core.checkpoint import load_model
+from search.core.device import resolve_device
+from search.core.train import corruption_of
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,72 +30,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        img.load()
-        return np.asarray(to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8).copy()
-
-
-def reference_mask(height: int, width: int, corruption: Corruption, seed: int, name: str) -> np.ndarray:
-    """The reference corruption for one image of any size, fixed by the seed and the file name."""
-    key = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big")
-    rng = np.random.default_rng(np.random.SeedSequence([seed, key]))
-    return draw_mask(corruption, rng, (height, width))[0].numpy() > 0.5
-
-
-def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    with Image.open(path) as img:
-        mask = np.asarray(img.convert("L")) >= 128
-    if mask.shape != shape:
-        raise ValueError(f"mask {path.name} is {mask.shape[1]}x{mask.shape[0]}, image is {shape[1]}x{shape[0]}")
-    return mask
-
-
-@torch.no_grad()
-def inpaint_array(model: torch.nn.Module, image: np.ndarray, mask: np.ndarray, device: torch.device) -> np.ndarray:
-    """Composited uint8 result for one (H, W, 3) image and (H, W) boolean mask."""
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255).to(device)
-    m = torch.from_numpy(mask)[None, None].float().to(device)
-    h, w = image.shape[:2]
-    k = model.multiple
-    pad = (0, (-w) % k, 0, (-h) % k)
-    # Replicate padding: the padded border is known context, never a hole the model must invent.
-    xp, mp = F.pad(x, pad, mode="replicate"), F.pad(m, pad)
-    out = composite(model(apply_mask(xp, mp)).float(), xp, mp)[..., :h, :w]
-    return (out[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
-
-
 def run(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
     device = resolve_device(args.device)
     model, cfg = load_model(Path(args.model), device)
-    root, out = Path(args.input).resolve(), Path(args.output)
-    files = scan(root)
-    if not files:
-        raise FileNotFoundError(f"no images found under {root}")
-    out.mkdir(parents=True, exist_ok=True)
-    done, skipped = 0, []
-    progress = Progress("inpaint")  # one line every 5 s and at the end (logs too, not only terminals)
-    for i, path in enumerate(files, 1):
-        rel = path.relative_to(root)
-        progress(i - 1, len(files))
-        try:
-            image = read_rgb(path)
-            if args.masks:
-                mask = read_mask(Path(args.masks) / rel.with_suffix(".png"), image.shape[:2])
-            else:
-                mask = reference_mask(*image.shape[:2], corruption_of(cfg), args.mask_seed, rel.as_posix())
-            result = inpaint_array(model, image, mask, device)
-        except Exception as exc:  # one bad file never stops the batch
-            skipped.append((rel.as_posix(), f"{type(exc).__name__}: {exc}"))
-            continue
-        target = out / rel.with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(result).save(target)
-        if not args.masks:
-            Image.fromarray(mask.astype(np.uint8) * 255).save(target.with_name(target.stem + "_mask.png"))
-        done += 1
-    progress(len(files), len(files))
-    return done, skipped
+    masks = Path(args.masks) if args.masks else None
+    return inpaint_folder(model, corruption_of(cfg), Path(args.input), Path(args.output), device, masks,
+                          args.mask_seed)
 
 
 def main(argv: list[str] | None = None) -> int:

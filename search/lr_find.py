@@ -7,7 +7,6 @@ rate at the smoothed loss minimum. Runs the one training loop with the `range` s
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -18,50 +17,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from data.corrupt import scaled_hole  # noqa: E402
 from data.images import DEFAULT_IMAGES, DataError, load_splits  # noqa: E402
-from search.cli import Progress, add_common, fail, sanity_size, set_overrides, write_json  # noqa: E402
-from search.config import Config  # noqa: E402
-from search.train import train  # noqa: E402
+from search.cli import add_common, at_least, fail, sanity_size, set_overrides, write_json  # noqa: E402
+from search.core.config import Config  # noqa: E402
+from search.core.lr_range import smooth, steepest, suggest  # noqa: E402
+from search.core.progress import Progress  # noqa: E402
+from search.core.train import train  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.lr_find", description=__doc__.split("\n")[0])
     add_common(p)
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=at_least(16), default=None,
                    help="image size; holes scale with it, 32 px at 256 (default: 256 on a GPU, 96 on a CPU)")
-    p.add_argument("--images", type=int, default=64, help="training images (default 64)")
-    p.add_argument("--steps", type=int, default=60, help="steps of the sweep (default 60)")
-    p.add_argument("--min-lr", type=float, default=1e-6)
-    p.add_argument("--max-lr", type=float, default=1e-1)
+    p.add_argument("--images", type=at_least(1), default=64, help="training images (default 64)")
+    p.add_argument("--steps", type=at_least(2), default=60, help="steps of the sweep (default 60)")
+    p.add_argument("--min-lr", type=at_least(0, float, above=True), default=1e-6)
+    p.add_argument("--max-lr", type=at_least(0, float, above=True), default=1e-1)
     p.add_argument("--plot", default="results/lr_find.png", help="where to save the plot (PNG)")
     return p.parse_args(argv)
-
-
-def smooth(values: list[float], beta: float = 0.8) -> list[float]:
-    """Bias-corrected exponential moving average (as in fastai's lr_find)."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, 1):
-        avg = beta * avg + (1 - beta) * v
-        out.append(avg / (1 - beta**i))
-    return out
-
-
-def steepest(lrs: list[float], losses: list[float]) -> float:
-    """The rate at the steepest descent of the smoothed loss against log(lr), before it blows up."""
-    s = smooth(losses)
-    best = min(s)
-    # Only consider the sweep up to where the loss climbs far above its minimum.
-    end = next((i for i, v in enumerate(s) if i > s.index(best) and v > 4 * best), len(s))
-    slopes = [(s[i + 1] - s[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1])) for i in range(1, end - 1)]
-    if not slopes:
-        return lrs[s.index(best)]
-    return lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)]
-
-
-def suggest(lrs: list[float], losses: list[float]) -> float:
-    """A tenth of the rate at the smoothed loss minimum: robust to the noise of random holes, where the
-    steepest-descent point often sits right at the edge of divergence."""
-    s = smooth(losses)
-    return lrs[s.index(min(s))] / 10
 
 
 def run(args: argparse.Namespace) -> dict:

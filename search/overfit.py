@@ -16,21 +16,25 @@ import torch
 from data.corrupt import scaled_hole
 from data.images import DEFAULT_IMAGES, DataError, fixed_masks, load_splits
 from models.unet import UNet
-from search.cli import Progress, add_common, fail, sanity_size, set_overrides, write_json
-from search.config import Config
-from search.train import corruption_of, evaluate, resolve_device, resolve_precision, train
+from search.cli import add_common, at_least, fail, sanity_size, set_overrides, write_json
+from search.core.config import Config
+from search.core.device import resolve_device, resolve_precision
+from search.core.progress import Progress
+from search.core.train import corruption_of, evaluate, train
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.overfit", description=__doc__.split("\n")[0])
     add_common(p)
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=at_least(16), default=None,
                    help="image size; holes scale with it, 32 px at 256 (default: 256 on a GPU, 96 on a CPU)")
-    p.add_argument("--images", type=int, default=8, help="batch size = number of images to overfit (default 8)")
-    p.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
-    p.add_argument("--every", type=int, default=10, help="print the curve every N steps (default 10)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (the method's overfit optimum, 1e-3)")
-    p.add_argument("--min-ratio", type=float, default=3.0, help="exit 1 unless hole L1 falls this many times")
+    p.add_argument("--images", type=at_least(1), default=8, help="batch size = number of images to overfit (default 8)")
+    p.add_argument("--steps", type=at_least(1), default=100, help="training steps (default 100)")
+    p.add_argument("--every", type=at_least(1), default=10, help="print the curve every N steps (default 10)")
+    p.add_argument("--lr", type=at_least(0, float, above=True), default=1e-3,
+                   help="learning rate (the method's overfit optimum, 1e-3)")
+    p.add_argument("--min-ratio", type=at_least(0, float, above=True), default=3.0,
+                   help="exit 1 unless hole L1 falls this many times")
     return p.parse_args(argv)
 
 

@@ -10,21 +10,25 @@ test-split evaluation beside the classical baselines. The model lands in `result
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
-import torch
 from mlflow.exceptions import MlflowException
 
-from data.corrupt import scaled_hole
 from data.images import DEFAULT_IMAGES, DataError
-from search import evaluate, registry, summary
-from search.cli import Progress, fail, set_overrides, write_json
-from search.config import Config
-from search.space import Study, load_study
-from search.train import Epoch, load_data, resolve_device, save_checkpoint, train
+from search.cli import at_least, fail, set_overrides, write_json
+from search.core.checkpoint import load_checkpoint, save_checkpoint
+from search.core.config import Config
+from search.core.device import resolve_device
+from search.core.evaluation import compare
+from search.core.layout import Results
+from search.core.progress import Progress
+from search.core.train import Epoch, load_data, train
+from search.tracking import registry
+from search.tune import summary
+from search.tune.best import pick_trial, retrain_config
+from search.tune.storage import STORAGE_ERRORS
+from search.tune.study import load_study
 
 DEFAULT_TRAIN_IMAGES = 20_000
 
@@ -33,17 +37,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.retrain_best", description=__doc__.split("\n")[0])
     p.add_argument("--study", required=True, help="the study searched with search.run (a name or a .py file)")
     p.add_argument("--data", default="", help="image folder or prepared cache (default: the embedded images)")
-    p.add_argument("--images", type=int, default=DEFAULT_TRAIN_IMAGES, help="training images (default 20000; all "
+    p.add_argument("--images", type=at_least(1), default=DEFAULT_TRAIN_IMAGES,
+                   help="training images (default 20000; all "
                    "available if fewer)")
-    p.add_argument("--epochs", type=int, default=0, help="epochs (default: the study's full budget)")
-    p.add_argument("--trial", type=int, default=-1, help="retrain this Optuna trial number instead of the best")
-    p.add_argument("--image-size", type=int, default=0, help="training size (default: the study's full budget)")
+    p.add_argument("--epochs", type=at_least(1), default=0, help="epochs (default: the study's full budget)")
+    p.add_argument("--trial", type=at_least(0), default=-1, help="retrain this Optuna trial number instead of the best")
+    p.add_argument("--image-size", type=at_least(16), default=0,
+                   help="training size (default: the study's full budget)")
     p.add_argument("--results", default="results", help="the search's results folder (default ./results)")
     p.add_argument("--storage", default="", help="Optuna storage URL (default: the one the search used)")
     p.add_argument("--tracking-uri", default="", help="MLflow URI (default: the one the search used)")
     p.add_argument("--out", default="", help="output folder (default <results>/best/<study>)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--eval-images", type=int, default=200, help="test images for the final evaluation (default 200)")
+    p.add_argument("--eval-images", type=at_least(1), default=200,
+                   help="test images for the final evaluation (default 200)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--fresh", action="store_true", help="discard an existing checkpoint and start again")
     p.add_argument("--no-register", action="store_true", help="log the model to MLflow without registering it")
@@ -51,52 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def search_state(results: Path, study: str) -> dict[str, Any]:
-    path = results / "runs" / f"{study}.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def pick_trial(storage: str, study: Study, number: int) -> dict[str, Any]:
-    """The best COMPLETE (full-budget) trial, or trial `number`; errors say what the storage holds instead."""
-    try:
-        report = summary.summarise(storage, study.name, study.mode)
-    except KeyError:
-        raise ValueError(f"no Optuna study {study.name!r} in {storage}: run python -m search.run --study "
-                         f"{study.name} first, or give --storage / --results of that search") from None
-    if number >= 0:
-        found = [t for t in report["trials"] if t["number"] == number]
-        if not found:
-            raise ValueError(f"study {study.name} has no trial {number} (it has 0..{len(report['trials']) - 1})")
-        if not found[0]["params"]:
-            raise ValueError(f"trial {number} has no parameters recorded (state {found[0]['state']})")
-        return found[0]
-    if report["best"] is None:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(report["counts"].items())) or "no trials"
-        raise ValueError(f"study {study.name} has no trial that ran the full budget ({counts}); continue the search "
-                         "with --resume, or choose one with --trial N")
-    return report["best"]
-
-
-def build_config(study: Study, trial: dict, state: dict, args: argparse.Namespace) -> Config:
-    """The trial's exact configuration (search values, then its parameters) with the retrain's data and length."""
-    size = args.image_size or study.budget.image_size
-    flat = {**state.get("base", study.fixed), **trial["params"]}
-    flat.update({
-        "data.root": str(Path(args.data).resolve()) if args.data else "", "data.image_size": size,
-        "data.hole_size": scaled_hole(size), "data.train_images": args.images,
-        "data.val_fraction": study.budget.val_fraction, "data.test_fraction": study.budget.test_fraction,
-        "data.val_images": study.budget.val_images, "train.epochs": args.epochs or study.budget.epochs,
-        "train.steps_per_epoch": 0, "train.device": args.device,
-    })
-    cfg = Config.from_flat({k: v for k, v in flat.items() if not k.startswith("_")})
-    return set_overrides(cfg, args.set).validate()
-
-
 def resumable(path: Path, cfg: Config, fresh: bool) -> dict | None:
     """The checkpoint to continue from, if it belongs to this very configuration."""
     if fresh or not path.exists():
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path, required=("model", "config", "epoch", "history"))
     differs = sorted(k for k, v in cfg.to_flat().items()
                      if k != "train.device" and ckpt["config"].get(k) != v)
     if differs:
@@ -110,24 +76,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return retrain(args)
-    except (DataError, ValueError, KeyError, FileNotFoundError, RuntimeError, MlflowException) as exc:
+    except (DataError, ValueError, KeyError, FileNotFoundError, RuntimeError, MlflowException, *STORAGE_ERRORS) as exc:
         return fail("retrain_best", exc)
 
 
 def retrain(args: argparse.Namespace) -> int:
     study = load_study(args.study)
-    results = Path(args.results).resolve()
-    state = search_state(results, study.name)
-    if not (args.storage or state or (results / "optuna.db").exists()):
-        raise ValueError(f"no search in {results}: run python -m search.run --study {study.name} first, or give "
-                         "--results / --storage of that search")
-    storage = args.storage or state.get("storage") or f"sqlite:///{results / 'optuna.db'}"
-    uri = args.tracking_uri or state.get("tracking_uri") or f"sqlite:///{results / 'mlflow.db'}"
+    layout = Results.at(args.results)
+    state = layout.read_state(study.name)
+    if not (args.storage or state or (layout.root / "optuna.db").exists()):
+        raise ValueError(f"no search in {layout.root}: run python -m search.run --study {study.name} first, or "
+                         "give --results / --storage of that search")
+    storage = args.storage or state.get("storage") or layout.optuna_url
+    uri = args.tracking_uri or state.get("tracking_uri") or layout.mlflow_url
     if args.data and not Path(args.data).is_dir():
         raise FileNotFoundError(f"--data {args.data} is not a folder")
     trial = pick_trial(storage, study, args.trial)
-    cfg = build_config(study, trial, state, args)
-    out = Path(args.out) if args.out else results / "best" / study.name
+    cfg = retrain_config(study, trial, state.get("base"), args.data, args.images, args.epochs, args.image_size,
+                         args.device)
+    cfg = set_overrides(cfg, args.set).validate()
+    out = Path(args.out) if args.out else layout.best(study.name)
     ckpt_path, model_path = out / "checkpoint.pt", out / "model.pt"
     resume = resumable(ckpt_path, cfg, args.fresh)
     value = f"{trial['value']:.4f}" if trial.get("value") is not None else "no value"
@@ -170,7 +138,7 @@ def retrain(args: argparse.Namespace) -> int:
                          "source_trial": trial["number"]}, model_path)
         print(f"retrain_best: model written to {model_path}")
         root = Path(cfg.data.root) if cfg.data.root else DEFAULT_IMAGES
-        comparison = evaluate.compare(result.model, cfg, root, args.eval_images, device, out / "eval")
+        comparison = compare(result.model, cfg, root, args.eval_images, device, out / "eval")
         registry.finish_run(uri, run_id, result.model, comparison, model_path, register=not args.no_register)
     except KeyboardInterrupt:
         registry.close_run(uri, run_id, "KILLED")

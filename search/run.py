@@ -1,31 +1,24 @@
 """`python -m search.run --study NAME`: the search. Ray Tune runs trials, Optuna's TPE picks them, MLflow logs them.
 
 Optuna storage and MLflow store default to SQLite under --results; --resume continues an interrupted search.
+Exit status: 0 when at least one trial ran the full budget, 1 when none did (the failure reasons are printed,
+grouped), 2 for an error before the search started, 130 when interrupted (continue with --resume).
 """
 
 from __future__ import annotations
 
-import os
+import argparse
+import sys
+import time
 
-# Before Ray is imported or started (its workers inherit the environment): no token auth files, no usage
-# stats, no progress tables (we print our own line per trial), frequent experiment snapshots for --resume.
-# Ray starts workers at niceness 15: trials would starve beside any other busy process; they are the job here.
-for _key, _value in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0",
-                     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-                     "TUNE_GLOBAL_CHECKPOINT_S": "1", "RAY_DEDUP_LOGS": "0",
-                     "RAY_worker_niceness": "0"}.items():
-    os.environ.setdefault(_key, _value)
+from mlflow.exceptions import MlflowException
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import ray  # noqa: E402
-
-from search import execute  # noqa: E402
-from search.cli import fail, write_json  # noqa: E402
-from search.run_setup import RunPlan, plan_run  # noqa: E402
-from search.space import load_study  # noqa: E402
+from search.cli import at_least, fail, write_json
+from search.core.layout import StoreError
+from search.tune import execute
+from search.tune.plan import RunOptions, plan_run, stop_ray
+from search.tune.storage import STORAGE_ERRORS
+from search.tune.study import load_study
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,12 +26,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--study", required=True, help="a name in studies/ (e.g. unet_losses) or a path to a study file")
     p.add_argument("--data", default="", help="image folder (default: the embedded images, reduced budget)")
     p.add_argument("--results", default="results", help="folder for stores, checkpoints and logs (default ./results)")
-    p.add_argument("--trials", type=int, default=0, help="number of trials (default: the study's budget)")
-    p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: what resources allow)")
-    p.add_argument("--gpus-per-trial", type=float, default=-1, help="GPUs per trial, fractions allowed "
-                   "(default: 1 where the cluster has GPUs, else 0)")
-    p.add_argument("--cpus-per-trial", type=float, default=0, help="CPUs per trial (default: 1, or CPUs/GPUs)")
-    p.add_argument("--time-budget", type=float, default=0,
+    p.add_argument("--trials", type=at_least(1), default=None, help="number of trials (default: the study's budget)")
+    p.add_argument("--max-concurrent", type=at_least(1), default=None,
+                   help="trials at once (default: what resources allow)")
+    p.add_argument("--gpus-per-trial", type=at_least(0, float), default=None, help="GPUs per trial, fractions "
+                   "allowed (default: 1 where the cluster has GPUs, else 0)")
+    p.add_argument("--cpus-per-trial", type=at_least(0, float, above=True), default=None,
+                   help="CPUs per trial (default: 1, or CPUs/GPUs)")
+    p.add_argument("--time-budget", type=at_least(0, float, above=True), default=None, metavar="SECONDS",
                    help="end the search after SECONDS (running trials stop and count as pruned)")
     p.add_argument("--address", default="", help="join an existing Ray cluster (e.g. ray://head:10001 or auto)")
     p.add_argument("--storage", default="", help="Optuna RDB URL (default sqlite:///<results>/optuna.db)")
@@ -52,25 +47,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        study = load_study(args.study)
-    except (ValueError, KeyError) as exc:
-        return fail("search.run", exc)
+    options = RunOptions(**{k: v for k, v in vars(args).items() if k != "json"})
     started = time.perf_counter()
     try:
-        plan: RunPlan = plan_run(args, study)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
-        if ray.is_initialized():
-            ray.shutdown()
-        return fail("search.run", exc)
-    try:
-        summary = execute.run(plan, study)
+        try:
+            study = load_study(args.study)
+            plan = plan_run(options, study)
+        except (ValueError, KeyError, FileNotFoundError, RuntimeError, MlflowException, *STORAGE_ERRORS) as exc:
+            return fail("search.run", exc)
+        try:
+            summary = execute.run(plan, study)
+        except (StoreError, MlflowException, *STORAGE_ERRORS) as exc:
+            return fail("search.run", f"a store failed during the search: {exc}; once it works again, continue "
+                        f"with python -m search.run --study {args.study} --results {plan.results} --resume")
     finally:
-        ray.shutdown()
+        stop_ray()
     summary["seconds"] = time.perf_counter() - started
     if args.json:
         write_json(args.json, summary)
-    return 0 if summary.get("finished") else 130
+    if not summary.get("finished"):
+        return 130
+    if not summary["counts"].get("COMPLETE"):
+        print("search.run: no trial ran the full budget, so there is no result to retrain (reasons above)",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.space import Asha, Budget, Study
+from search.tune.study import Asha, Budget, Study
 
 
 def space(trial) -> None:

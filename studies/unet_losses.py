@@ -7,7 +7,7 @@ for every trial, and it only looks at what the model invented (known pixels are 
 
 from __future__ import annotations
 
-from search.space import Asha, Budget, Study
+from search.tune.study import Asha, Budget, Study
 
 
 def space(trial) -> None:

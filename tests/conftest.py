@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from data.images import DEFAULT_IMAGES, ImageSet, load_splits
-from search.config import Config
-from search.train import save_checkpoint, train
+from search.core.checkpoint import save_checkpoint
+from search.core.config import Config
+from search.core.train import train
 
 
 @pytest.fixture(scope="session")

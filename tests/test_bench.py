@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from data.images import scan
-from search import bench, bench_parts
-from search.bench_procs import GROUPS, ProcessCpu
+from search.bench import __main__ as bench
+from search.bench import parts as bench_parts
+from search.bench import sections
+from search.bench.procs import GROUPS, ProcessCpu
 
 
 def test_step_flops_scale_with_pixels_and_loops_report_rates():
@@ -51,7 +53,7 @@ def test_bench_cli_writes_every_figure(tmp_path, capsys):
 def test_ray_section_times_real_trials_in_pairs(capsys):
     figures: dict = {}
     args = bench.parse_args(["--only", "ray", "--trial-seconds", "2", "--pairs", "2"])
-    bench.ray_section(args, figures)
+    sections.ray_section(args, figures)
     r = figures["ray"]
     assert len(r["pairs"]) == 2
     for pair in r["pairs"]:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from data.images import DEFAULT_IMAGES
 from search import lr_find, overfit
+from search.core import lr_range
 
 TINY = ["--device", "cpu", "--set", "model.width=8", "--set", "model.depth=2", "--set", "train.precision=fp32"]
 
@@ -72,10 +73,10 @@ def test_lr_find_suggestions():
     lrs = [10 ** (-6 + i * 0.1) for i in range(50)]
     # Flat, then falling fastest around index 17, a plateau at its minimum, then blowing up.
     losses = [1.0] * 15 + [1.0 - 0.15 * i for i in range(1, 6)] + [0.25] * 20 + [2.0 + i for i in range(10)]
-    assert lrs[15] <= lr_find.steepest(lrs, losses) <= lrs[24]
-    smoothed = lr_find.smooth(losses)
-    assert lr_find.suggest(lrs, losses) == pytest.approx(lrs[smoothed.index(min(smoothed))] / 10)
-    assert lrs[30] / 10 <= lr_find.suggest(lrs, losses) <= lrs[40] / 10
+    assert lrs[15] <= lr_range.steepest(lrs, losses) <= lrs[24]
+    smoothed = lr_range.smooth(losses)
+    assert lr_range.suggest(lrs, losses) == pytest.approx(lrs[smoothed.index(min(smoothed))] / 10)
+    assert lrs[30] / 10 <= lr_range.suggest(lrs, losses) <= lrs[40] / 10
 
 
 def test_progress_rate_of_a_new_round_counts_from_the_last_call(capsys, monkeypatch):

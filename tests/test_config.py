@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from search.cli import set_overrides
-from search.config import Config
+from search.core.config import Config
 
 
 def test_flat_round_trip():

@@ -10,7 +10,7 @@ from PIL import Image
 
 from data.corrupt import Corruption, random_masks
 from search import evaluate
-from search.baselines import BASELINES, mean_fill
+from search.core.baselines import BASELINES, mean_fill
 
 
 def test_baselines_keep_known_pixels_and_fill_holes(small_images):

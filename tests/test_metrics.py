@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.metrics import MAX_PSNR, hole_metrics, l1_hole, psnr_hole, psnr_image, ssim_hole
+from search.core.metrics import MAX_PSNR, hole_metrics, l1_hole, psnr_hole, psnr_image, ssim_hole
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"ray", "optuna", "mlflow", "search", "studies"}

@@ -11,7 +11,7 @@ from data.corrupt import Corruption, apply_mask, random_masks
 from data.images import ImageSet, fixed_masks
 from models.prefill import pyramid_fill
 from models.unet import UNet, UNetConfig
-from search.train import corruption_of, train
+from search.core.train import corruption_of, train
 
 
 @pytest.mark.parametrize(("n_holes", "hole", "size"), [(4, 32, 256), (1, 1, 64), (12, 20, 64), (3, 60, 64),

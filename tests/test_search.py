@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from search import run
-from search.space import load_study
+from search.tune.study import load_study
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ def test_smoke_study_fills_optuna_and_mlflow(tmp_path, capsys):
 
 FAILING_STUDY = '''
 """Test study: one trial raises, one diverges, one is fine."""
-from search.space import Budget, Study
+from search.tune.study import Budget, Study
 
 def space(trial):
     trial.suggest_categorical("model.width", [8, 0])
@@ -150,7 +150,7 @@ def test_studies_declare_valid_spaces():
 
 SLOW_STUDY = '''
 """Test study: slow enough to be killed mid-way."""
-from search.space import Budget, Study
+from search.tune.study import Budget, Study
 
 def space(trial):
     trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)

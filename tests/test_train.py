@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from data.images import ImageSet
-from search.config import Config
-from search.schedule import lr_factor
-from search.train import load_model, save_checkpoint, train
+from search.core.checkpoint import load_model, save_checkpoint
+from search.core.config import Config
+from search.core.schedule import lr_factor
+from search.core.train import train
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from search.config import SchedConfig
+from search.core.config import SchedConfig
 
 
 def lr_factor(cfg: SchedConfig, step: int, total: int) -> float:

@@ -1,8 +1,8 @@
-"""The measurements of `search.bench`, one function per figure; each runs in a fresh process (see bench.py).
+"""The measurements of `search.bench`, one function per figure; each runs in a fresh process (see sections.py).
 
 Step timings use the default `unet_losses` architecture (the reference method: depth 4, width 32, L1 + 0.05
 perceptual + 0.1 TV) at 256x256, batch 8. The naive loop is written here in plain PyTorch on the same modules
-(same math): fp32, contiguous tensors, a host sync every step. The project loop is `search.train.train` with its
+(same math): fp32, contiguous tensors, a host sync every step. The project loop is `search.core.train.train` with its
 defaults. FLOPs are counted by torch's FlopCounterMode on one forward + backward.
 """
 
@@ -28,8 +28,9 @@ from data.corrupt import apply_mask, random_masks, scaled_hole
 from data.images import DEFAULT_IMAGES, ImageSet, load_image, load_splits, scan
 from losses.composite import CompositeLoss
 from models.unet import UNet
-from search.config import Config
-from search.train import corruption_of, resolve_device, resolve_precision, train
+from search.core.config import Config
+from search.core.device import resolve_device, resolve_precision
+from search.core.train import corruption_of, train
 
 
 def peak_rss_mb() -> float:
@@ -115,7 +116,7 @@ def naive_loop(cfg: Config, steps: int, warmup: int = 1) -> dict[str, Any]:
 
 
 def project_loop(cfg: Config, steps: int, compile_model: bool = False, barrier=None) -> dict[str, Any]:
-    """`search.train.train` with its defaults: one epoch of `steps` to warm up, the second one timed.
+    """`search.core.train.train` with its defaults: one epoch of `steps` to warm up, the second one timed.
 
     With a `barrier` (packed runs), every process starts its timed epoch at the same moment."""
     cfg.train.epochs, cfg.train.steps_per_epoch = 2, steps
@@ -219,7 +220,7 @@ def bare_run(cfg: Config) -> dict[str, float]:
     """The trial's configuration as two bare train() calls in one fresh process, as the two trials of the bench
     search run in one fresh Ray worker: the first loads its images (a trial does too), the second reuses them (a
     trial on a reused worker does too)."""
-    from search.train import load_data
+    from search.core.train import load_data
 
     cfg = Config.from_flat({**_fixed(cfg), **_ray_budget(cfg).flat()})
     out: dict[str, float] = {}
@@ -243,7 +244,7 @@ def summarise_pairs(runs: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def _ray_budget(cfg: Config, trials: int = 1):
-    from search.space import Budget
+    from search.tune.study import Budget
 
     return Budget(trials=trials, epochs=cfg.train.epochs, train_images=0, val_images=8,
                   image_size=cfg.data.image_size, steps_per_epoch=cfg.train.steps_per_epoch, val_fraction=0.2,
@@ -254,19 +255,17 @@ def two_trial_search(cfg: Config) -> dict[str, float]:
     """Two trials, one after the other, through search.run's machinery (Ray Tune + Optuna + MLflow + our
     trainable): the first in a fresh Ray worker, the second on that worker reused, as most trials of a search run.
     Ray's start-up is measured apart (once per search, not per trial)."""
-    import ray
-
-    from search import execute
-    from search.bench_procs import ProcessCpu
-    from search.run import parse_args
-    from search.run_setup import plan_run
-    from search.space import Study
+    from search.bench.accounting import TrialCpu
+    from search.bench.procs import ProcessCpu
+    from search.tune import execute
+    from search.tune.plan import RunOptions, plan_run, stop_ray
+    from search.tune.study import Study
 
     study = Study(name="bench", description="bench", space=_no_space, fixed=_fixed(cfg),
                   budget=_ray_budget(cfg, trials=2), asha=None)
     with tempfile.TemporaryDirectory() as tmp:
-        args = parse_args(["--study", "bench", "--results", tmp, "--full-budget", "--max-concurrent", "1",
-                           "--cpus-per-trial", str(max(1, torch.get_num_threads()))])
+        args = RunOptions(study="bench", results=tmp, full_budget=True, max_concurrent=1,
+                          cpus_per_trial=max(1, torch.get_num_threads()))
         t0 = time.perf_counter()
         plan = plan_run(args, study)
         startup = time.perf_counter() - t0
@@ -274,9 +273,9 @@ def two_trial_search(cfg: Config) -> dict[str, float]:
         try:
             # The search's own report is not a figure here.
             with contextlib.redirect_stdout(io.StringIO()), ProcessCpu() as procs:
-                summary = execute.run(plan, study)
+                summary = execute.run(plan, study, probe=TrialCpu)
         finally:
-            ray.shutdown()
+            stop_ray()
         tuned = time.perf_counter() - t0
         # Tune's own clock for each trial: the trainable from its start to its last report (data, MLflow included).
         last = {}

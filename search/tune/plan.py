@@ -5,8 +5,6 @@ Every path is made absolute here in the driver: a trial's working directory is a
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -16,9 +14,31 @@ from typing import Any
 import optuna
 import ray
 
-from search import tracking
-from search.space import Budget, Study
-from search.tracking import Tracking
+from search.core.layout import Results
+from search.tracking import runs as tracking
+from search.tracking.runs import Tracking
+from search.tune.storage import open_storage
+from search.tune.study import Budget, Study
+
+
+@dataclass
+class RunOptions:
+    """What `search.run`'s flags ask for (None / empty: the default the flag's help names)."""
+
+    study: str  # as the user gave it (a name or a file), for the --resume hint
+    data: str = ""
+    results: str = "results"
+    trials: int | None = None
+    max_concurrent: int | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float | None = None
+    time_budget: float | None = None
+    address: str = ""
+    storage: str = ""
+    tracking_uri: str = ""
+    resume: bool = False
+    no_asha: bool = False
+    full_budget: bool = False
 
 
 @dataclass
@@ -41,9 +61,17 @@ class RunPlan:
     time_budget: float
     tracking: Tracking | None = None
 
-
-def _sqlite(path: Path) -> str:
-    return f"sqlite:///{path.resolve()}"
+    def write_state(self) -> None:
+        """Record the search in its results folder (what --resume, retrain_best and evaluate read back). Written
+        once every store is open and the Tuner is built, so a run that fails before that leaves no state behind
+        and the next plain run needs no --resume."""
+        if self.resume:
+            return
+        Results(self.results).write_state(self.study, {
+            "study": self.study, "budget": self.budget.__dict__, "budget_note": self.budget_note,
+            "storage": self.storage, "tracking_uri": self.tracking_uri,
+            "parent_run_id": self.tracking.parent_run_id, "base": self.base,
+        })
 
 
 def _start_ray(address: str) -> None:
@@ -68,7 +96,13 @@ def _start_ray(address: str) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _choose_budget(study: Study, has_data: bool, gpus: float, args: argparse.Namespace) -> tuple[Budget, str]:
+def stop_ray() -> None:
+    """Shut down this process's Ray connection (and the private cluster it started), if any."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _choose_budget(study: Study, has_data: bool, gpus: float, args: RunOptions) -> tuple[Budget, str]:
     full = study.budget
     reasons = [r for r, missing in (("no GPU", gpus <= 0), ("no --data", not has_data)) if missing]
     if not reasons or study.reduced is None or args.full_budget:
@@ -81,27 +115,40 @@ def _choose_budget(study: Study, has_data: bool, gpus: float, args: argparse.Nam
     return r, note
 
 
-def plan_run(args: argparse.Namespace, study: Study) -> RunPlan:
-    results = Path(args.results).resolve()
-    state_file = results / "runs" / f"{study.name}.json"
-    ray_dir = results / "ray"
+def open_stores(storage: str, tracking_uri: str, results: Path, defaults: set[str]) -> None:
+    """Open and check both stores before anything is written: URLs the user gave first, so that a bad one leaves
+    no results folder behind; then the results folder and the default SQLite stores inside it."""
+    for url in sorted((storage, tracking_uri), key=lambda u: u in defaults):
+        if url in defaults:
+            results.mkdir(parents=True, exist_ok=True)
+        if url == storage:
+            open_storage(url).engine.dispose()
+        else:
+            tracking.check_store(url)
+
+
+def plan_run(args: RunOptions, study: Study) -> RunPlan:
+    layout = Results.at(args.results)
+    results, state_file, ray_dir = layout.root, layout.state_file(study.name), layout.ray_dir
     exists = state_file.exists() or (ray_dir / study.name).exists()
     if exists and not args.resume:
         raise ValueError(
             f"{results} already holds a search of study {study.name!r} (see {state_file}); pass --resume to "
             "continue it, or --results NEW_FOLDER to start a new one")
-    if args.resume and not exists:
-        raise ValueError(f"nothing to resume: no search of study {study.name!r} in {results}")
+    if args.resume and not state_file.exists():
+        raise ValueError(f"nothing to resume: no search of study {study.name!r} in {results} (no {state_file})")
     data = Path(args.data).resolve() if args.data else None
     if data is not None and not data.is_dir():
         raise FileNotFoundError(f"--data {data} is not a folder")
-    results.mkdir(parents=True, exist_ok=True)
-    state: dict[str, Any] = json.loads(state_file.read_text()) if args.resume else {}
+    state: dict[str, Any] = layout.read_state(study.name) if args.resume else {}
+    storage = args.storage or state.get("storage") or layout.optuna_url
+    uri = args.tracking_uri or state.get("tracking_uri") or layout.mlflow_url
+    open_stores(storage, uri, results, {layout.optuna_url, layout.mlflow_url})
 
     _start_ray(args.address)
     cluster = ray.cluster_resources()
     cpus, gpus = float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0))
-    gpt = args.gpus_per_trial if args.gpus_per_trial >= 0 else (1.0 if gpus > 0 else 0.0)
+    gpt = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if gpus > 0 else 0.0)
     if gpt > 0 and gpus <= 0:
         raise RuntimeError(f"--gpus-per-trial {gpt} asked for, but the Ray cluster has no GPU: trials would wait "
                            "forever; use --gpus-per-trial 0")
@@ -122,24 +169,17 @@ def plan_run(args: argparse.Namespace, study: Study) -> RunPlan:
 
     base = {**study.fixed, **budget.flat(), "data.root": str(data) if data else "",
             "train.device": "cuda" if gpt > 0 else "cpu"}
-    storage = args.storage or state.get("storage") or _sqlite(results / "optuna.db")
-    uri = args.tracking_uri or state.get("tracking_uri") or _sqlite(results / "mlflow.db")
     plan = RunPlan(
         study=study.name, study_arg=args.study, results=results, storage=storage, tracking_uri=uri, ray_dir=ray_dir,
-        checkpoint_dir=results / "checkpoints" / study.name, state_file=state_file, budget=budget,
+        checkpoint_dir=layout.checkpoints(study.name), state_file=state_file, budget=budget,
         budget_note=note, base=base, resources={"cpu": cpt, "gpu": gpt}, max_concurrent=concurrent,
-        resume=args.resume, asha=study.asha is not None and not args.no_asha, time_budget=args.time_budget,
+        resume=args.resume, asha=study.asha is not None and not args.no_asha, time_budget=args.time_budget or 0.0,
     )
     plan.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if args.resume:
         plan.tracking = tracking.find_parent(uri, study.name, state["parent_run_id"])
         tracking.reopen(plan.tracking)
     else:
-        plan.tracking = tracking.start(uri, study.name, results / "mlartifacts", f"search {study.name}",
+        plan.tracking = tracking.start(uri, study.name, layout.artifacts, f"search {study.name}",
                                        {"budget": note}, shared=base)
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({
-            "study": study.name, "budget": budget.__dict__, "budget_note": note, "storage": storage,
-            "tracking_uri": uri, "parent_run_id": plan.tracking.parent_run_id, "base": base,
-        }, indent=2))
     return plan

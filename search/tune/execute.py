@@ -9,48 +9,24 @@ import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from search import summary as summ
-from search import tracking
-from search.optuna_search import OPTUNA_NUMBER_KEY, TrialRegistry, TruthfulOptunaSearch, fail_reason
-from search.run_setup import RunPlan
-from search.space import Study
-from search.trainable import CheckpointJanitor, TrialContext, trainable
+from search.tracking import runs as tracking
+from search.tune import summary as summ
+from search.tune.callbacks import CheckpointJanitor, MlflowStatus, ProgressLine
+from search.tune.plan import RunPlan
+from search.tune.searcher import TrialRegistry, TruthfulOptunaSearch
+from search.tune.storage import open_storage
+from search.tune.study import Study
+from search.tune.trainable import Probe, TrialContext, trainable
 
 # Shown first in the end-of-run table when a study searches them.
 KEY_PARAMS = ("model.depth", "model.width", "model.prefill", "model.residual", "loss.recon", "loss.w_perceptual",
               "loss.w_tv", "optim.lr", "sched.kind")
 
 
-class ProgressLine(tune.Callback):
-    """One line per finished trial instead of Ray's tables."""
-
-    def __init__(self, objective: str, max_epochs: int, total: int):
-        self.objective, self.max_epochs, self.total, self.done = objective, max_epochs, total, 0
-
-    def _line(self, trial, state: str, reason: str = "") -> None:
-        self.done += 1
-        r = trial.last_result or {}
-        number = trial.config.get(OPTUNA_NUMBER_KEY, "?")
-        seconds = r.get("time_total_s", 0.0)  # Tune's own clock: start hooks are skipped for reused actors
-        value = r.get(self.objective)
-        shown = f"{self.objective} {value:.3f}" if isinstance(value, float) else "no result"
-        print(f"[{self.done}/{self.total}] trial {number}: {state} after {r.get('epoch', 0)} epoch(s), {shown} "
-              f"({seconds:.0f} s){': ' + reason if reason else ''}", flush=True)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        full = (trial.last_result or {}).get("epoch", 0) >= self.max_epochs
-        self._line(trial, "COMPLETE" if full else "PRUNED")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, "FAIL", fail_reason(trial.trial_id)[:200])
-
-
 def _searcher(plan: RunPlan, study: Study) -> TruthfulOptunaSearch:
-    storage = optuna.storages.RDBStorage(plan.storage, engine_kwargs={"connect_args": {"timeout": 60}}
-                                         if plan.storage.startswith("sqlite") else {})
     searcher = TruthfulOptunaSearch(
         study.space, metric=study.objective, mode=study.mode, max_epochs=plan.budget.epochs,
-        sampler=optuna.samplers.TPESampler(seed=study.seed), storage=storage, study_name=study.name,
+        sampler=optuna.samplers.TPESampler(seed=study.seed), storage=open_storage(plan.storage), study_name=study.name,
         points_to_evaluate=study.warm_start,
     )
     s = searcher.study
@@ -61,9 +37,11 @@ def _searcher(plan: RunPlan, study: Study) -> TruthfulOptunaSearch:
     return searcher
 
 
-def run(plan: RunPlan, study: Study) -> dict[str, Any]:
+def run(plan: RunPlan, study: Study, probe: Probe | None = None) -> dict[str, Any]:
+    """Run (or continue) the planned search to its end and return the summary read from the Optuna storage;
+    `probe` adds figures to every trial's reports (see `TrialContext`)."""
     ctx = TrialContext(base=plan.base, tracking=plan.tracking, checkpoint_dir=str(plan.checkpoint_dir),
-                       threads=max(1, int(plan.resources["cpu"])))
+                       threads=max(1, int(plan.resources["cpu"])), probe=probe)
     fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), plan.resources)
     exp_path = plan.ray_dir / study.name
     print(f"search.run: study {study.name}, objective {study.objective} ({study.mode}); {plan.budget_note}")
@@ -82,10 +60,11 @@ def run(plan: RunPlan, study: Study) -> dict[str, Any]:
                 time_budget_s=plan.time_budget or None),
             run_config=tune.RunConfig(
                 name=study.name, storage_path=str(plan.ray_dir), verbose=0,
-                callbacks=[TrialRegistry(), tracking.MlflowStatus(plan.tracking, plan.budget.epochs),
+                callbacks=[TrialRegistry(), MlflowStatus(plan.tracking, plan.budget.epochs),
                            CheckpointJanitor(ctx, plan.budget.epochs),
                            ProgressLine(study.objective, plan.budget.epochs, plan.budget.trials)]),
         )
+    plan.write_state()
     grid = tuner.fit()
     # Ctrl-C makes fit() return early with unfinished trials; a time budget ends the search on purpose.
     all_ended = grid.num_terminated + grid.num_errors == len(grid)
@@ -111,7 +90,13 @@ def _print_report(report: dict[str, Any], study: Study, plan: RunPlan) -> None:
         print(f"best full-budget trial: #{best['number']} {study.objective} = {best['value']:.4f}")
         print("  " + ", ".join(f"{k}={summ.short(v)}" for k, v in sorted(best["params"].items())))
     else:
-        print("no trial ran the full budget yet")
+        print("no trial ran the full budget")
+    groups = summ.failures(report)
+    if groups:
+        print(f"search.run: {sum(len(g['trials']) for g in groups)} trial(s) failed:")
+        for g in groups:
+            numbers = ", ".join(f"#{n}" for n in g["trials"])
+            print(f"  {len(g['trials'])} x ({numbers}): {g['reason']}")
     if not report["finished"]:
         print(f"search.run: interrupted before the target of {plan.budget.trials} trials; continue with "
               f"python -m search.run --study {plan.study_arg} --results {plan.results} --resume")

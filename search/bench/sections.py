@@ -1,45 +1,21 @@
-"""`python -m search.bench`: how fast the product is, measured side by side in one run on this machine.
+"""The three sections of `search.bench` (step, data, ray): each figure measured in a fresh process, then printed.
 
-Training step (naive fp32 loop vs the project's loop, FLOP/s against a matmul peak measured here), the data path
-(decoding source images vs reading the prepared cache vs what the step consumes), Ray Tune's overhead on a trial,
-peak memory. Every measurement runs in a fresh process, so one cannot warm caches or hold memory for another.
+Training step: naive fp32 loop vs the project's loop, FLOP/s against a matmul peak measured here. Data path:
+decoding source images vs reading the prepared cache vs what the step consumes. Ray: a trial's overhead over bare
+`train()` calls, with the search's CPU split by process.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from data.images import DataError
-from search.cli import fail, write_json
-
 SECTIONS = ("step", "data", "ray")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m search.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--size", type=int, default=256, help="training image size for the step (default 256)")
-    p.add_argument("--batch", type=int, default=8, help="batch size for the step (default 8)")
-    p.add_argument("--steps", type=int, default=0, help="timed steps per loop (default 3 on a CPU, 30 on a GPU)")
-    p.add_argument("--compile", action="store_true", help="also time the project loop under torch.compile")
-    p.add_argument("--packed", type=int, default=0, help="also run N project loops at once on the device "
-                   "(trials packed on one GPU with fractional resources)")
-    p.add_argument("--data", default="", help="source image folder for the data path (default: embedded images)")
-    p.add_argument("--cache", default="", help="its data.prepare cache (default: prepared into a temp folder)")
-    p.add_argument("--decode-images", type=int, default=256, help="source images to decode (default 256)")
-    p.add_argument("--trial-seconds", type=float, default=60.0, help="length of the Ray overhead trial (60)")
-    p.add_argument("--pairs", type=int, default=3,
-                   help="bare run / Tune trial pairs, run alternately; the median is reported (3)")
-    p.add_argument("--json", default="", metavar="PATH", help="also write every figure as JSON")
-    return p.parse_args(argv)
 
 
 def isolated(fn_name: str, *args: Any) -> Any:
@@ -49,9 +25,9 @@ def isolated(fn_name: str, *args: Any) -> Any:
 
 
 def _call(fn_name: str, *args: Any) -> Any:
-    from search import bench_parts
+    from search.bench import parts
 
-    return getattr(bench_parts, fn_name)(*args)
+    return getattr(parts, fn_name)(*args)
 
 
 def packed(n: int, cfg, steps: int) -> dict[str, Any]:
@@ -68,8 +44,8 @@ def packed(n: int, cfg, steps: int) -> dict[str, Any]:
 
 
 def step_section(args: argparse.Namespace, figures: dict) -> None:
-    from search.bench_parts import reference_config
-    from search.train import resolve_device, resolve_precision
+    from search.bench.parts import reference_config
+    from search.core.device import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     steps = args.steps or (30 if device.type == "cuda" else 3)
@@ -135,8 +111,8 @@ def data_section(args: argparse.Namespace, figures: dict) -> None:
 
 
 def ray_section(args: argparse.Namespace, figures: dict) -> None:
-    from search.bench_parts import ray_config, summarise_pairs
-    from search.bench_procs import GROUPS
+    from search.bench.parts import ray_config, summarise_pairs
+    from search.bench.procs import GROUPS
 
     cfg = ray_config(args.trial_seconds)
     say(f"ray: a trial of ~{args.trial_seconds:.0f} s ({cfg.train.epochs} epochs x {cfg.train.steps_per_epoch} "
@@ -172,25 +148,3 @@ def ray_section(args: argparse.Namespace, figures: dict) -> None:
 
 def say(line: str) -> None:
     print(line, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    sections = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown:
-        return fail("bench", ValueError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}"))
-    figures: dict[str, Any] = {"cpus": os.cpu_count()}
-    try:
-        for name, section in (("step", step_section), ("data", data_section), ("ray", ray_section)):
-            if name in sections:
-                section(args, figures)
-    except (DataError, ValueError, RuntimeError, FileNotFoundError) as exc:
-        return fail("bench", exc)
-    if args.json:
-        write_json(args.json, figures)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

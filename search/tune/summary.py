@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from search.tune.storage import open_storage
+
 
 def summarise(storage: str, study_name: str, mode: str) -> dict[str, Any]:
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     trials = []
     for t in study.get_trials(deepcopy=False):
         trials.append({
@@ -25,6 +28,18 @@ def summarise(storage: str, study_name: str, mode: str) -> dict[str, Any]:
         counts[t["state"]] = counts.get(t["state"], 0) + 1
     return {"study": study_name, "trials": trials, "counts": counts, "best": best,
             "user_attrs": dict(study.user_attrs)}
+
+
+def failures(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """FAIL trials grouped by reason (numbers in a reason, such as a step or a loss, do not split a group),
+    the largest group first: [{"reason": first reason seen, "trials": [numbers]}]."""
+    groups: dict[str, dict[str, Any]] = {}
+    for t in summary["trials"]:
+        if t["state"] == TrialState.FAIL.name:
+            reason = t["fail_reason"] or "no reason recorded"
+            key = re.sub(r"\d+(\.\d+)?(e-?\d+)?", "N", reason)
+            groups.setdefault(key, {"reason": reason, "trials": []})["trials"].append(t["number"])
+    return sorted(groups.values(), key=lambda g: -len(g["trials"]))
 
 
 def short(value: Any) -> str:

@@ -1,11 +1,10 @@
-"""THE training loop: train(cfg, report) and evaluate(); plain PyTorch, knows nothing of Ray, Optuna or MLflow.
+"""THE training loop: train(cfg, report), evaluate() and score(); plain PyTorch, knows nothing of Ray, Optuna or MLflow.
 
 Used by everything that trains: the sanity tools, the search trials and the retrain of the best setting.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import sys
@@ -21,9 +20,10 @@ from data.corrupt import Corruption, apply_mask, composite, random_masks
 from data.images import DEFAULT_IMAGES, ImageSet, fixed_masks, load_splits
 from losses.composite import CompositeLoss
 from models.unet import UNet
-from search.config import Config
-from search.metrics import hole_metrics
-from search.schedule import make_scheduler
+from search.core.config import Config
+from search.core.device import autocast, resolve_device, resolve_precision
+from search.core.metrics import hole_metrics
+from search.core.schedule import make_scheduler
 
 CHECK_EVERY = 16  # steps between reads of the divergence flag (the only host-device sync inside an epoch)
 
@@ -55,38 +55,6 @@ class TrainResult:
     @property
     def final(self) -> dict[str, float]:
         return self.history[-1] if self.history else {}
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but this machine has no CUDA GPU; use --device cpu")
-    return device
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def load_data(cfg: Config, progress: Callable[[int, int], None] | None = None) -> dict[str, ImageSet]:
@@ -266,22 +234,3 @@ def train(
 
 def _diverged(reason: str, epoch: int, step: int, t0: float, model, history) -> TrainResult:
     return TrainResult("diverged", reason, epoch, step, time.perf_counter() - t0, model, history)
-
-
-def save_checkpoint(checkpoint: dict, path: Path) -> Path:
-    """Write atomically, so an interrupted save never leaves a half-written checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, Config]:
-    """Rebuild a trained model from any checkpoint: it carries its own flat config."""
-    ckpt = torch.load(Path(path), map_location=device, weights_only=False)
-    cfg = Config.from_flat(ckpt["config"])
-    model = UNet(cfg.model).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), cfg

@@ -2,21 +2,25 @@
 
 Trials log through MlflowClient (no thread-local active run), find-or-create their run by tag so a resumed trial
 continues its own run, and never set their own end status: code after Tune's last report may never run, so a
-driver-side callback ends each run as FINISHED, KILLED (pruned) or FAILED.
+driver-side callback (`search.tune.callbacks.MlflowStatus`) ends each run as FINISHED, KILLED (pruned) or FAILED.
+No Ray here.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import sqlalchemy.exc
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from ray import tune
+
+from search.core.layout import StoreError, first_line
 
 PARENT_TAG = "inpaint.role"
 
@@ -29,6 +33,24 @@ class Tracking:
     experiment_id: str
     parent_run_id: str
     study: str
+
+
+def check_store(uri: str) -> None:
+    """Open the tracking store once (a quick, non-retried request for a server) or raise a StoreError naming it."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except (MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+        raise StoreError(f"cannot open the MLflow tracking store {uri} ({first_line(exc)}); check that the path "
+                         "exists and is writable (sqlite:////abs/path.db), or that the tracking server answers at "
+                         "that address") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def start(
@@ -52,8 +74,12 @@ def start(
 
 
 def find_parent(uri: str, study: str, parent_run_id: str) -> Tracking:
+    """The parent run of a search being resumed; an error says what is missing from the store."""
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(study)
+    if exp is None:
+        raise ValueError(f"the MLflow store {uri} has no experiment {study!r}, which the search being resumed logged "
+                         "into: give --tracking-uri of that search")
     return Tracking(uri, exp.experiment_id, parent_run_id, study)
 
 
@@ -101,14 +127,6 @@ def log_epoch(tr: Tracking, run_id: str, metrics: dict[str, float], step: int) -
     MlflowClient(tr.uri).log_batch(run_id, metrics=epoch_metrics(metrics, step))
 
 
-def sample_grid(masked: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> Image.Image:
-    """Rows of (masked input | output | target), one row per image; tensors (B, 3, H, W) in [0, 1]."""
-    rows = torch.cat([masked, output, target], dim=3)  # side by side
-    grid = torch.cat(list(rows), dim=1)  # stacked
-    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
-
-
 def log_image(tr: Tracking, run_id: str, image: Image.Image, name: str) -> None:
     client = MlflowClient(tr.uri)
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,22 +150,3 @@ def close_parent(tr: Tracking, status: str = "FINISHED") -> int:
         client.set_terminated(run.info.run_id, "FAILED")
     client.set_terminated(tr.parent_run_id, status)
     return len(orphans)
-
-
-class MlflowStatus(tune.Callback):
-    """Ends each trial's run with the status that matches its Optuna state."""
-
-    def __init__(self, tr: Tracking, max_epochs: int):
-        self.tr, self.max_epochs = tr, max_epochs
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        epoch = (trial.last_result or {}).get("epoch", 0)
-        set_status(self.tr, trial_number(trial), "FINISHED" if epoch >= self.max_epochs else "KILLED")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        set_status(self.tr, trial_number(trial), "FAILED")
-
-
-def trial_number(trial) -> int:
-    """The Optuna trial number the searcher put into a Ray trial's config."""
-    return int(trial.config.get("_optuna_trial", -1))

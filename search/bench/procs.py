@@ -13,10 +13,18 @@ import threading
 import time
 from pathlib import Path
 
-from search.trainable import machine_cpu_s
-
 GROUPS = ("trial worker", "driver", "raylet", "gcs_server", "other Ray processes", "not Ray")
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds all processes of this machine have used so far (Linux /proc/stat; 0 elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICK
 
 
 def _read(path: str, label_file: str) -> tuple[float, str] | None:

@@ -16,9 +16,9 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 import models
-from search.config import Config
-from search.evaluate import metrics_of
-from search.tracking import PARENT_TAG, epoch_metrics, now_ms
+from search.core.config import Config
+from search.core.evaluation import metrics_of
+from search.tracking.runs import PARENT_TAG, epoch_metrics, now_ms
 
 RETRAIN_ROLE = "retrain"
 

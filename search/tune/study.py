@@ -9,13 +9,18 @@ import importlib
 import importlib.util
 import pkgutil
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
+
 from data.corrupt import scaled_hole
-from search.config import Config
+from search.core.config import Config
+
+SPACE_CHECK_POINTS = 16  # random points of the space checked at load, beside every warm-start point
 
 # Objectives are judged the same way for every trial, whatever the loss weights (see DESIGN.md).
 OBJECTIVES = ("val/psnr_hole", "val/ssim_hole", "val/l1_hole", "val/psnr")
@@ -68,16 +73,59 @@ class Study:
     seed: int = 0
     source: str = ""  # where the study was loaded from (set by load_study)
 
-    def validate(self) -> Study:
-        """Errors name the offending key: unknown config keys, bad objective or mode."""
+    def validate(self, points: int = SPACE_CHECK_POINTS) -> Study:
+        """Errors name the study file and the offending key: unknown config keys in `fixed`, `warm_start` or the
+        space, values the config refuses, a bad objective or mode. The space is sampled at `points` random points
+        (seeded) and at every warm-start point, each through the config's validation at both budgets, so a
+        misspelled key fails here in seconds instead of in every trial after Ray has started."""
+        where = self.source or f"study {self.name}"
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"study {self.name}: objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+            raise ValueError(f"{where}: objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         if self.mode not in ("min", "max"):
-            raise ValueError(f"study {self.name}: mode must be 'min' or 'max', got {self.mode!r}")
-        Config.from_flat(self.fixed)  # raises naming an unknown key
-        for point in self.warm_start:
-            Config.from_flat(point)
+            raise ValueError(f"{where}: mode must be 'min' or 'max', got {self.mode!r}")
+        for what, flat in (("fixed", self.fixed), *(("warm_start", p) for p in self.warm_start)):
+            try:
+                Config.from_flat(flat)
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"{where}: {what}: {_message(exc)}") from None
+        self._check_space(where, points)
         return self
+
+    def _check_space(self, where: str, points: int) -> None:
+        level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "Trial N finished" lines for a check
+        try:
+            probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=self.seed))
+            for point in self.warm_start:
+                probe.enqueue_trial(point)
+            budgets = [b for b in (self.budget, self.reduced) if b is not None]
+            for _ in range(len(self.warm_start) + points):
+                trial = probe.ask()
+                try:
+                    self.space(trial)
+                except Exception as exc:  # the study's own code: report where it broke, then stop
+                    raise ValueError(f"{where}: space() raised {type(exc).__name__}: {exc}{_line_in(exc, where)}"
+                                     ) from None
+                for budget in budgets:
+                    flat = {**self.fixed, **budget.flat(), **trial.params}
+                    try:
+                        Config.from_flat(flat).validate()
+                    except (KeyError, ValueError) as exc:
+                        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(trial.params.items()))
+                        raise ValueError(f"{where}: space() suggests {_message(exc)} (at {shown})") from None
+                probe.tell(trial, 0.0)
+        finally:
+            optuna.logging.set_verbosity(level)
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+
+
+def _line_in(exc: BaseException, where: str) -> str:
+    """' (line N)' of the deepest frame in the study file, when there is one."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(Path(where).name)]
+    return f" (line {frames[-1].lineno})" if frames else ""
 
 
 def available_studies() -> list[str]:

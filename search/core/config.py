@@ -7,6 +7,7 @@ used everywhere: Optuna parameter, Ray config key, MLflow param, study key, chec
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,7 +117,9 @@ class Config:
         known = cfg.to_flat()
         unknown = sorted(k for k in flat if k not in known)
         if unknown:
-            raise KeyError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+            named = ", ".join(k + "".join(f" (did you mean {m}?)" for m in difflib.get_close_matches(k, known, 1))
+                              for k in unknown)
+            raise KeyError(f"unknown config key(s): {named}; known keys: {', '.join(sorted(known))}")
         for key, value in flat.items():
             section_name, name = key.split(".", 1)
             section = getattr(cfg, section_name)

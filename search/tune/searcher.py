@@ -3,6 +3,10 @@
 Ray 2.60's OptunaSearch skips the last epoch's value, records scheduler-stopped trials as COMPLETE and gives no
 reason for errors. This subclass reports every epoch, ends trials COMPLETE (full budget), PRUNED (stopped early)
 or FAIL (with `fail_reason`), and after a crash re-uses trials Tune never recorded instead of duplicating them.
+
+It relies on OptunaSearch's private `_ot_trials`, `_ot_study` and `_completed_trials` and on Optuna's
+`FrozenTrial._trial_id`: pyproject.toml bounds Ray and Optuna to the tested releases, and
+tests/test_internals.py checks each reliance, so an upgrade fails loudly instead of misbehaving.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ class TrialRegistry(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         _TRIALS[trial.trial_id] = trial
+
+
+def trial_number(trial) -> int:
+    """The Optuna trial number the searcher put into a Ray trial's config (-1 before it had one)."""
+    return int(trial.config.get(OPTUNA_NUMBER_KEY, -1))
 
 
 def fail_reason(trial_id: str) -> str:
@@ -76,8 +85,10 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._last_step[trial_id] = step
         try:
             ot.report(float(result[self.metric]), step)
-        except Exception as exc:  # e.g. the trial already finished in storage before a crash
-            log.warning("not reporting to Optuna for %s: %s", trial_id, exc)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Finished in storage before a crash, and reported again by the resumed trial: nothing to add.
+            # Any other error (the storage itself failing) propagates: the search stops and says so.
+            log.info("trial %s already finished in Optuna; epoch %d not reported again", trial_id, step)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._report(trial_id, result)
@@ -96,10 +107,8 @@ class TruthfulOptunaSearch(OptunaSearch):
                 state, value = TrialState.COMPLETE, float(result[self.metric])
             else:
                 state = TrialState.PRUNED  # Optuna keeps the last intermediate value as its value
-        try:
-            self._ot_study.tell(ot, value, state=state, skip_if_finished=True)
-        except Exception as exc:
-            log.warning("could not tell Optuna the end of %s: %s", trial_id, exc)
+        # skip_if_finished: a trial finished in storage before a crash is left as it is; storage errors propagate.
+        self._ot_study.tell(ot, value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:

@@ -1,0 +1,77 @@
+"""Checkpoint files: written atomically, read with `weights_only=True`, rebuilt into a model from their own config.
+
+A checkpoint holds only tensors and plain values (model and optimizer state, the flat config, history, RNG
+state), so it never needs Python's full unpickler: a file that would run code when loaded is refused, and a
+truncated, empty or foreign file is an error that names the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.unet import UNet
+from search.core.config import Config
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable checkpoint of this project; the message names it and says why."""
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> Path:
+    """Write atomically, so an interrupted save never leaves a half-written checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
+                    required: tuple[str, ...] = ("model", "config")) -> dict[str, Any]:
+    """The checkpoint dict at `path`, loaded without running any code; `required` keys must be present."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # The weights-only unpickler met a class or function reference: loading it fully could run code.
+        first = str(exc).split("\n")[0][:200]
+        raise CheckpointError(
+            f"{path} holds Python objects besides tensors and plain values, and loading them could run code; "
+            f"refused ({first}). Checkpoints of this project never need that: use one written by it") from None
+    except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        # torch reports a truncated zip as RuntimeError, an empty file as EOFError, text as KeyError.
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no data'}"
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt or not a PyTorch file: "
+                              f"{reason})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint of this project (a dict "
+                              "with the model state and its config)")
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of this project: it has no {', '.join(missing)} "
+                              f"(keys: {', '.join(map(str, list(ckpt)[:8])) or 'none'})")
+    return ckpt
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, Config]:
+    """Rebuild a trained model from any checkpoint of this project: it carries its own flat config."""
+    ckpt = load_checkpoint(path, map_location=device)
+    if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"{path} is not a checkpoint of this project: its config and model are not dicts")
+    try:
+        cfg = Config.from_flat(ckpt["config"])
+        model = UNet(cfg.model).to(device)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, ValueError, RuntimeError) as exc:  # unknown key, bad value, mismatched weights
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise CheckpointError(f"{path}: its config or weights do not build this project's U-Net: "
+                              f"{str(msg).splitlines()[0][:300]}") from None
+    return model.eval(), cfg

@@ -1,0 +1,66 @@
+"""Driver-side Tune callbacks: one line per finished trial, MLflow end statuses, checkpoint clean-up.
+
+They run in the driver, so a trial that Tune stops between two reports (ASHA, a time budget) still gets its MLflow
+status and its checkpoint decision: code after the trainable's last report may never run.
+"""
+
+from __future__ import annotations
+
+from ray import tune
+
+from search.tracking import runs as tracking
+from search.tracking.runs import Tracking
+from search.tune.searcher import OPTUNA_NUMBER_KEY, fail_reason, trial_number
+from search.tune.trainable import TrialContext, checkpoint_path
+
+
+class ProgressLine(tune.Callback):
+    """One line per finished trial instead of Ray's tables."""
+
+    def __init__(self, objective: str, max_epochs: int, total: int):
+        self.objective, self.max_epochs, self.total, self.done = objective, max_epochs, total, 0
+
+    def _line(self, trial, state: str, reason: str = "") -> None:
+        self.done += 1
+        r = trial.last_result or {}
+        number = trial.config.get(OPTUNA_NUMBER_KEY, "?")
+        seconds = r.get("time_total_s", 0.0)  # Tune's own clock: start hooks are skipped for reused actors
+        value = r.get(self.objective)
+        shown = f"{self.objective} {value:.3f}" if isinstance(value, float) else "no result"
+        print(f"[{self.done}/{self.total}] trial {number}: {state} after {r.get('epoch', 0)} epoch(s), {shown} "
+              f"({seconds:.0f} s){': ' + reason if reason else ''}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        full = (trial.last_result or {}).get("epoch", 0) >= self.max_epochs
+        self._line(trial, "COMPLETE" if full else "PRUNED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "FAIL", fail_reason(trial.trial_id)[:200])
+
+
+class MlflowStatus(tune.Callback):
+    """Ends each trial's run with the status that matches its Optuna state."""
+
+    def __init__(self, tr: Tracking, max_epochs: int):
+        self.tr, self.max_epochs = tr, max_epochs
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        epoch = (trial.last_result or {}).get("epoch", 0)
+        tracking.set_status(self.tr, trial_number(trial), "FINISHED" if epoch >= self.max_epochs else "KILLED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        tracking.set_status(self.tr, trial_number(trial), "FAILED")
+
+
+class CheckpointJanitor(tune.Callback):
+    """Deletes the checkpoints of pruned and failed trials; full-budget trials keep theirs."""
+
+    def __init__(self, ctx: TrialContext, max_epochs: int):
+        self.ctx, self.max_epochs = ctx, max_epochs
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if (trial.last_result or {}).get("epoch", 0) < self.max_epochs:
+            checkpoint_path(self.ctx, trial_number(trial)).unlink(missing_ok=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        checkpoint_path(self.ctx, trial_number(trial)).unlink(missing_ok=True)
