@@ -8,6 +8,14 @@ untouched originals, it scores every model and, on the very same masks, OpenCV T
 and the push-pull pre-fill alone. Every method is composited the same way (known pixels from the original).
 Besides the mean over images it reports paired per-image differences, because one flat image that a method fills
 exactly (hole PSNR at the 100 dB cap) can move a mean over ~70 images by a dB.
+
+The scores have the project's definitions, computed here independently (float64, data range 1):
+- hole PSNR: 10 log10(1 / MSE), the MSE over the hole pixels' three channels, capped at MAX_PSNR = 100 dB;
+- hole SSIM: skimage's structural_similarity(target, out, gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, data_range=1, channel_axis=-1, full=True) full map (Wang et al. 2004: 11x11
+  Gaussian window, scipy's half-sample symmetric 'reflect' borders), averaged over the channels, then over the hole
+  pixels;
+- hole L1: mean absolute error over the hole pixels' three channels.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.prefill import pyramid_fill  # noqa: E402
 
 CLASSICAL = ("telea", "navier-stokes", "biharmonic", "pre-fill alone")
+MAX_PSNR = 100.0  # the project's cap: a perfect fill would be +inf
 
 
 def read(path: Path) -> np.ndarray:
@@ -34,12 +43,14 @@ def read(path: Path) -> np.ndarray:
 
 
 def hole_scores(out: np.ndarray, target: np.ndarray, hole: np.ndarray) -> tuple[float, float, float]:
-    """Hole PSNR (all channels, capped at 100 dB), hole SSIM (SSIM map averaged over hole pixels), hole L1."""
+    """Hole PSNR, hole SSIM and hole L1 of one (H, W, 3) result, as the module docstring defines them."""
     diff = (out - target)[hole]
     mse = float(np.mean(diff**2))
-    psnr = 10 * np.log10(1.0 / max(mse, 1e-10))
-    _, ssim_map = structural_similarity(target, out, channel_axis=2, data_range=1.0, full=True)
-    return psnr, float(ssim_map[hole].mean()), float(np.abs(diff).mean())
+    psnr = min(MAX_PSNR, 10 * np.log10(1.0 / max(mse, 10 ** (-MAX_PSNR / 10))))
+    # Wang et al.'s settings, not skimage's defaults (a 7x7 uniform window with sample covariances).
+    _, ssim_full = structural_similarity(target, out, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                         data_range=1.0, channel_axis=-1, full=True)
+    return psnr, float(ssim_full.mean(axis=-1)[hole].mean()), float(np.abs(diff).mean())
 
 
 def classical(image: np.ndarray, hole: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,7 +1,8 @@
 """ImageNet-pretrained VGG16 features and the perceptual and style (Gram) losses built on them.
 
-Weights come from the genuine VGG16 tensors shipped in losses/weights (CC BY 4.0, see ATTRIBUTION.md), or from
-torchvision's own checkpoint if the user has it cached. Nothing is downloaded and random weights are never used.
+The architecture is torchvision's own vgg16 `features`, truncated after the deepest layer asked for. Weights come
+from the genuine VGG16 tensors shipped in losses/weights (CC BY 4.0, see ATTRIBUTION.md), or from torchvision's own
+checkpoint if the user has it cached. Nothing is downloaded and random weights are never used.
 """
 
 from __future__ import annotations
@@ -36,17 +37,20 @@ def parse_layers(layers: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 
 def _vgg_features(last: int) -> nn.Sequential:
-    """The torchvision vgg16 `features` layout, truncated after index `last`."""
-    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"]
-    layers: list[nn.Module] = []
-    cin = 3
-    for v in cfg:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=False)]
-            cin = v
-    return nn.Sequential(*layers[: last + 1])
+    """torchvision's vgg16 `features`, truncated after index `last`, on the CPU with UNINITIALISED storage.
+
+    The caller must fill every tensor (VGGFeatures does, with a strict load_state_dict).
+    """
+    # Imported here, not at module level: `import torchvision` takes ~2 s on a small CPU, and this module is
+    # imported by every config load, while the VGG is only built when a perceptual or style term is on.
+    import torchvision
+
+    # On the meta device the full model costs nothing: no 138M-parameter classifier (~550 MB) allocated, no random
+    # init of layers we would overwrite anyway (seconds on a CPU). weights=None: a weights enum would download.
+    with torch.device("meta"):
+        vgg = torchvision.models.vgg16(weights=None)
+    # Only the kept layers get real (empty) CPU storage; the rest of the model is dropped with `vgg`.
+    return vgg.features[: last + 1].to_empty(device="cpu")
 
 
 def _load_state(source: str) -> tuple[dict[str, torch.Tensor], str]:
@@ -87,7 +91,8 @@ class VGGFeatures(nn.Module):
         state, convention = _load_state(source)
         # "features.<index>.<weight|bias>" -> "<index>.<...>", keeping only the layers this extractor has.
         wanted = {k.split(".", 1)[1]: v for k, v in state.items() if int(k.split(".")[1]) <= self.taps[-1]}
-        # strict: every conv we build must get a genuine tensor, or we fail loudly.
+        # strict: the layers come from to_empty() with uninitialised storage, so every parameter and buffer of the
+        # kept layers must get a genuine tensor (missing, unexpected or misshaped keys raise), never left as garbage.
         self.features.load_state_dict({k: v.float() for k, v in wanted.items()}, strict=True)
         self.features.requires_grad_(False).eval()
         if convention == "caffe":

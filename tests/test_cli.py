@@ -80,11 +80,11 @@ def test_lr_find_suggestions():
 
 
 def test_progress_rate_of_a_new_round_counts_from_the_last_call(capsys, monkeypatch):
-    from search import cli
+    from search.core import progress as progress_module
 
     clock = iter([0.0, 10.0, 20.0, 30.0, 40.0])  # construction, then one call per 10 s
-    monkeypatch.setattr(cli.time, "perf_counter", lambda: next(clock))
-    progress = cli.Progress("steps", every=0.0)
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: next(clock))
+    progress = progress_module.Progress("steps", every=0.0)
     progress(1, 2)
     progress(2, 2)
     progress(1, 2)  # the next epoch: 1 step in the 10 s since the last call, not 1 step in no time

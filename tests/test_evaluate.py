@@ -11,6 +11,7 @@ from PIL import Image
 from data.corrupt import Corruption, random_masks
 from search import evaluate
 from search.core.baselines import BASELINES, mean_fill
+from search.core.grids import LABEL_HEIGHT, PAD
 
 
 def test_baselines_keep_known_pixels_and_fill_holes(small_images):
@@ -42,8 +43,12 @@ def test_evaluate_prints_table_writes_json_image_and_mlflow(tiny_checkpoint, tmp
     assert summary["images"] > 0
     assert results["pyramid pre-fill"]["psnr_hole"] > results["mean fill"]["psnr_hole"]
     assert all(r["psnr"] > r["psnr_hole"] for r in results.values())
+    rows = min(4, summary["images"])
     with Image.open(out / "comparison.png") as im:
-        assert im.size == (4 * 64, min(4, summary["images"]) * 64)
+        # 4 labelled columns (masked | Telea | model | target) of 64 px tiles, PAD between and around them.
+        assert im.size == (4 * (64 + PAD) + PAD, rows * (64 + PAD) + PAD + LABEL_HEIGHT)
+        strip = im.crop((0, 0, im.width, LABEL_HEIGHT)).convert("L")
+        assert strip.getextrema()[0] < 128  # the labels are drawn
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name("evaluate").experiment_id])[0]
     assert run.data.metrics["test/model/psnr_hole"] == results["model"]["psnr_hole"]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
-from search import inpaint
+from search import evaluate, inpaint
+from search.core.checkpoint import CheckpointError, load_checkpoint
 
 
 def _inputs(folder):
@@ -57,4 +63,57 @@ def test_inpaint_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     assert inpaint.main(["--model", str(tmp_path / "missing.pt"), "--input", str(tmp_path / "in"),
                          "--output", str(tmp_path / "o")]) == 2
-    assert "Traceback" not in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"inpaint: error: checkpoint {tmp_path / 'missing.pt'} does not exist"]
+
+
+class RunsCode:
+    """Unpickling this calls os.system: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _bad_checkpoints(folder, tiny_checkpoint):
+    folder.mkdir()
+    good = tiny_checkpoint.read_bytes()
+    (folder / "truncated.pt").write_bytes(good[: len(good) // 2])
+    (folder / "text.pt").write_text("model weights, honest\n")
+    (folder / "empty.pt").write_bytes(b"")
+    torch.save({"model": RunsCode(folder / "PWNED_torch"), "config": {}}, folder / "code_in_torch.pt")
+    with open(folder / "code_in_pickle.pt", "wb") as fh:
+        pickle.dump(RunsCode(folder / "PWNED_pickle"), fh)
+    torch.save({"layer.weight": torch.zeros(3)}, folder / "foreign.pt")  # a bare state dict: not ours
+    torch.save({"model": {"w": torch.zeros(1)}, "config": {"model.dpeth": 3}}, folder / "bad_config.pt")
+    return {"truncated.pt": "not a readable checkpoint", "text.pt": "not a readable checkpoint",
+            "empty.pt": "not a readable checkpoint", "code_in_torch.pt": "could run code, so it is refused",
+            "code_in_pickle.pt": "refuses its content", "foreign.pt": "has no model, config",
+            "bad_config.pt": "unknown config key(s): model.dpeth"}
+
+
+def test_unsafe_or_broken_checkpoints_are_refused_and_run_nothing(tiny_checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    expected = _bad_checkpoints(bad, tiny_checkpoint)
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "in" / "x.png")
+    for name, message in expected.items():
+        path = bad / name
+        assert inpaint.main(["--model", str(path), "--input", str(tmp_path / "in"), "--output",
+                             str(tmp_path / "out"), "--device", "cpu"]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(path) in err and message in err, (name, err)
+        assert evaluate.main(["--model", str(path), "--no-mlflow", "--out", str(tmp_path / "e")]) == 2, name
+        assert message in capsys.readouterr().err, name
+    assert not list(bad.glob("PWNED*")), "a checkpoint ran code while being loaded"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "e").exists()  # nothing written for a bad model
+
+
+def test_project_checkpoints_load_without_the_full_unpickler(tiny_checkpoint):
+    ckpt = load_checkpoint(tiny_checkpoint, required=("model", "config", "optimizer", "scheduler", "rng", "epoch"))
+    assert ckpt["epoch"] == 1 and ckpt["config"]["model.prefill"] == "pyramid"
+    assert all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
+    with pytest.raises(CheckpointError, match="it has no nothing"):
+        load_checkpoint(tiny_checkpoint, required=("model", "nothing"))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import losses.perceptual as perceptual_mod
 from data.corrupt import Corruption, random_masks
+from data.images import DEFAULT_IMAGES, load_image
 from losses.composite import CompositeLoss, LossConfig
-from losses.perceptual import VGGFeatures, gram, perceptual_and_style
+from losses.perceptual import LAYERS, VGGFeatures, gram, perceptual_and_style
 from losses.pixel import reconstruction
 from losses.tv import dilate, total_variation
 
@@ -16,6 +18,17 @@ from losses.tv import dilate, total_variation
 @pytest.fixture(scope="module")
 def vgg() -> VGGFeatures:
     return VGGFeatures()
+
+
+@pytest.fixture()
+def cached_torchvision(tmp_path, monkeypatch) -> None:
+    """Stand in for a user's cached torchvision checkpoint: the same genuine tensors, torchvision's layout."""
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "hub" / "checkpoints" / perceptual_mod.TORCHVISION_FILE
+    ckpt.parent.mkdir(parents=True)
+    torch.save({k: v.float() for k, v in load_file(str(perceptual_mod.SHIPPED_WEIGHTS)).items()}, ckpt)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
 
 @pytest.fixture()
@@ -138,14 +151,68 @@ def test_missing_weights_fail_loudly_never_random(tmp_path, monkeypatch):
         VGGFeatures(source="torchvision")
 
 
-def test_torchvision_source_loads_a_cached_checkpoint(tmp_path, monkeypatch, batch):
-    # Stand in for a user's cached torchvision checkpoint: the same genuine tensors, torchvision's layout.
-    from safetensors.torch import load_file
-
-    ckpt = tmp_path / "hub" / "checkpoints" / perceptual_mod.TORCHVISION_FILE
-    ckpt.parent.mkdir(parents=True)
-    torch.save({k: v.float() for k, v in load_file(str(perceptual_mod.SHIPPED_WEIGHTS)).items()}, ckpt)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+def test_torchvision_source_loads_a_cached_checkpoint(cached_torchvision, batch):
     feats = VGGFeatures(source="torchvision")(batch[0])
     assert set(feats) == {"relu1_2", "relu2_2", "relu3_3"}
     assert all(torch.isfinite(f).all() for f in feats.values())
+
+
+def _hand_built_vgg16_features(last: int) -> nn.Sequential:
+    """The extractor's previous, hand-built layout (kept only to check the torchvision model against it)."""
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"]
+    layers: list[nn.Module] = []
+    cin = 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=False)]
+            cin = v
+    return nn.Sequential(*layers[: last + 1])
+
+
+def test_extractor_is_torchvisions_vgg16_filled_with_the_shipped_tensors():
+    import torchvision
+    from safetensors.torch import load_file
+
+    vgg = VGGFeatures(tuple(LAYERS))  # every tap, so every kept layer (through pool4)
+    with torch.device("meta"):  # types and shapes only: no 550 MB classifier for a reference
+        reference = torchvision.models.vgg16(weights=None).features[: max(LAYERS.values()) + 1]
+    assert len(vgg.features) == len(reference) == 24
+    for i, (mine, ref) in enumerate(zip(vgg.features, reference, strict=True)):
+        assert type(mine) is type(ref) and repr(mine) == repr(ref), i  # repr holds kernel, stride, padding
+        assert [(n, p.shape) for n, p in mine.named_parameters()] == [(n, p.shape) for n, p in ref.named_parameters()]
+    # No storage is left uninitialised: every tensor is on the CPU and equal to the genuine shipped one.
+    shipped = load_file(str(perceptual_mod.SHIPPED_WEIGHTS))
+    state = vgg.features.state_dict()
+    assert set(state) == {k.split(".", 1)[1] for k in shipped}
+    for key, value in state.items():
+        assert value.device.type == "cpu" and torch.equal(value, shipped[f"features.{key}"].float()), key
+
+
+def test_a_missing_tensor_fails_loudly_never_uninitialised(monkeypatch):
+    state, convention = perceptual_mod._load_state("shipped")
+    del state["features.14.bias"]  # conv3_3, which the default layers need
+    monkeypatch.setattr(perceptual_mod, "_load_state", lambda source: (state, convention))
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*14\.bias"):
+        VGGFeatures()
+
+
+@pytest.mark.parametrize("source", ["shipped", "torchvision"])
+def test_outputs_equal_the_hand_built_extractor_on_a_real_image(source, request, monkeypatch):
+    if source == "torchvision":
+        request.getfixturevalue("cached_torchvision")
+    path = sorted(DEFAULT_IMAGES.glob("*.jpg"))[0]
+    image = torch.from_numpy(load_image(path, 96)).permute(2, 0, 1)[None].float() / 255.0
+    layers = tuple(LAYERS)
+    new = VGGFeatures(layers, source=source)
+    with monkeypatch.context() as m:
+        m.setattr(perceptual_mod, "_vgg_features", _hand_built_vgg16_features)
+        old = VGGFeatures(layers, source=source)
+    assert new.features[1].inplace and not old.features[1].inplace  # two builders really are being compared
+    with torch.no_grad():
+        got, want = new(image), old(image)
+    assert set(got) == set(want) == set(layers)
+    for name in layers:
+        torch.testing.assert_close(got[name], want[name], msg=name)
+        assert want[name].abs().max() > 0, name  # a real image gives real activations, not a vacuous match

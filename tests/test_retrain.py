@@ -20,6 +20,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from search import retrain_best
+from search.core.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DIST = {"model.width": IntDistribution(4, 8), "model.upsample": CategoricalDistribution(["transpose", "bilinear"]),
@@ -60,7 +61,7 @@ def test_retrains_best_complete_trial_logs_registers_and_evaluates(search_result
     summary = json.loads((search_results / "r.json").read_text())
     assert summary["source_trial"] == 1
     model_path = search_results / "best" / "smoke" / "model.pt"
-    ckpt = torch.load(model_path, weights_only=False)
+    ckpt = load_checkpoint(model_path)
     assert ckpt["config"]["model.width"] == 6 and ckpt["config"]["train.epochs"] == 2
     assert ckpt["config"]["data.image_size"] == 64  # the study's full-budget size
     assert [h["epoch"] for h in ckpt["history"]] == [1, 2]
@@ -100,7 +101,7 @@ def test_trial_choice_and_missing_search_are_clear_errors(search_results, tmp_pa
 
 
 def final_run_id(folder: Path) -> str:
-    return torch.load(folder / "checkpoint.pt", weights_only=False)["mlflow_run_id"]
+    return load_checkpoint(folder / "checkpoint.pt")["mlflow_run_id"]
 
 
 def test_sigkilled_retrain_resumes_in_the_same_run(search_results):
@@ -111,19 +112,19 @@ def test_sigkilled_retrain_resumes_in_the_same_run(search_results):
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        if ckpt_path.exists() and torch.load(ckpt_path, weights_only=False)["epoch"] >= 2:
+        if ckpt_path.exists() and load_checkpoint(ckpt_path)["epoch"] >= 2:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt_path.exists(), "no checkpoint within 10 minutes: " + proc.stdout.read().decode()[-2000:]
-    killed_at = torch.load(ckpt_path, weights_only=False)
+    killed_at = load_checkpoint(ckpt_path)
     assert 2 <= killed_at["epoch"] < 30, "the retrain finished before it could be killed"
 
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"resuming after epoch {killed_at['epoch']}" in done.stdout
-    final = torch.load(search_results / "best" / "smoke" / "model.pt", weights_only=False)
+    final = load_checkpoint(search_results / "best" / "smoke" / "model.pt")
     history = final["history"]
     assert [h["epoch"] for h in history] == list(range(1, 31))
     assert history[: killed_at["epoch"]] == killed_at["history"]  # the first epochs are the killed run's own
@@ -131,7 +132,7 @@ def test_sigkilled_retrain_resumes_in_the_same_run(search_results):
     straight = subprocess.run([*cmd, "--out", str(search_results / "straight")], cwd=ROOT, capture_output=True,
                               text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr
-    reference = torch.load(search_results / "straight" / "model.pt", weights_only=False)
+    reference = load_checkpoint(search_results / "straight" / "model.pt")
     for name, tensor in reference["model"].items():
         assert torch.equal(tensor, final["model"][name]), name
     client = MlflowClient(f"sqlite:///{search_results / 'mlflow.db'}")

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+import ray
+import sqlalchemy.exc
 from mlflow.tracking import MlflowClient
 
 from search import run
-from search.tune.study import load_study
+from search.tune.study import available_studies, load_study
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +35,14 @@ def _stores(results: Path, study: str):
 
 def test_smoke_study_fills_optuna_and_mlflow(tmp_path, capsys):
     results = tmp_path / "results"
+    # First a run whose Optuna storage cannot be opened: one clear line, nothing written, no --resume needed next.
+    not_a_folder = tmp_path / "a_file"
+    not_a_folder.write_text("x")
+    bad = f"sqlite:///{not_a_folder / 'x.db'}"
+    assert run.main(["--study", "smoke", "--results", str(results), "--storage", bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot open the Optuna storage" in err[0] and bad in err[0]
+    assert not results.exists() and not ray.is_initialized()
     assert run.main(["--study", "smoke", "--results", str(results), "--json", str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr().out
     assert "optuna-dashboard sqlite:///" in out and "mlflow ui --backend-store-uri sqlite:///" in out
@@ -77,36 +87,58 @@ FAILING_STUDY = '''
 from search.tune.study import Budget, Study
 
 def space(trial):
-    trial.suggest_categorical("model.width", [8, 0])
+    trial.suggest_categorical("loss.vgg_weights", ["shipped", "torchvision"])
     trial.suggest_categorical("optim.lr", [1e-3, 1e20])
 
 STUDY = Study(
     name="failing", description="", space=space, asha=None,
-    fixed={"model.depth": 2, "train.batch_size": 4, "loss.w_perceptual": 0.0, "train.precision": "fp32",
-           "optim.grad_clip": 0.0},
+    fixed={"model.depth": 2, "model.width": 8, "train.batch_size": 4, "loss.w_perceptual": 0.05,
+           "train.precision": "fp32", "optim.grad_clip": 0.0},
     budget=Budget(trials=3, epochs=2, train_images=8, val_images=4, image_size=64, steps_per_epoch=3,
                   val_fraction=0.2, test_fraction=0.2),
-    warm_start=[{"model.width": 0, "optim.lr": 1e-3}, {"model.width": 8, "optim.lr": 1e20},
-                {"model.width": 8, "optim.lr": 1e-3}],
+    warm_start=[{"loss.vgg_weights": "torchvision", "optim.lr": 1e-3},
+                {"loss.vgg_weights": "shipped", "optim.lr": 1e20},
+                {"loss.vgg_weights": "shipped", "optim.lr": 1e-3}],
 )
 '''
+# Every trial asks for torchvision's VGG16 file, which is never cached in the tests: every trial raises.
+ALL_FAIL_STUDY = FAILING_STUDY.replace('["shipped", "torchvision"]', '["torchvision"]').replace(
+    "trials=3", "trials=2").replace('"failing"', '"all_fail"')
 
 
-def test_failing_trials_are_recorded_with_their_reason(tmp_path):
+@pytest.fixture()
+def no_torch_hub(tmp_path, monkeypatch):
+    """An empty torch hub: `loss.vgg_weights=torchvision` raises FileNotFoundError in the trial (never downloads)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+def test_failing_trials_are_recorded_with_their_reason(tmp_path, no_torch_hub, capsys):
     study_file = tmp_path / "failing.py"
     study_file.write_text(FAILING_STUDY)
     results = tmp_path / "results"
     assert run.main(["--study", str(study_file), "--results", str(results)]) == 0
     _, trials, _, _, children = _stores(results, "failing")
-    by_params = {(t.params["model.width"], t.params["optim.lr"]): t for t in trials}
-    bad_width, diverged, fine = by_params[(0, 1e-3)], by_params[(8, 1e20)], by_params[(8, 1e-3)]
-    assert bad_width.state.name == "FAIL" and "model.width" in bad_width.user_attrs["fail_reason"]
+    by = {(t.params["loss.vgg_weights"], t.params["optim.lr"]): t for t in trials}
+    raised, diverged, fine = by[("torchvision", 1e-3)], by[("shipped", 1e20)], by[("shipped", 1e-3)]
+    assert raised.state.name == "FAIL" and "FileNotFoundError" in raised.user_attrs["fail_reason"]
     assert diverged.state.name == "FAIL" and "diverged" in diverged.user_attrs["fail_reason"]
     assert fine.state.name == "COMPLETE"
     status = {int(r.data.tags["optuna_trial"]): r.info.status for r in children}
     assert len(children) == 3
-    assert status[bad_width.number] == status[diverged.number] == "FAILED" and status[fine.number] == "FINISHED"
+    assert status[raised.number] == status[diverged.number] == "FAILED" and status[fine.number] == "FINISHED"
     assert "RUNNING" not in status.values()
+    out = capsys.readouterr().out
+    assert "2 trial(s) failed:" in out and f"1 x (#{raised.number}): FileNotFoundError" in out
+
+
+def test_a_search_whose_every_trial_raises_exits_1_with_the_reasons(tmp_path, no_torch_hub, capsys):
+    study_file = tmp_path / "all_fail.py"
+    study_file.write_text(ALL_FAIL_STUDY.split("    warm_start=")[0] + ")\n")
+    assert run.main(["--study", str(study_file), "--results", str(tmp_path / "r")]) == 1
+    captured = capsys.readouterr()
+    assert "2 trial(s) failed:" in captured.out and "2 x (#0, #1): FileNotFoundError" in captured.out
+    assert "torchvision's VGG16 weights are not cached" in captured.out
+    assert "no trial ran the full budget" in captured.err
 
 
 def test_existing_results_need_resume_and_unknown_studies_are_listed(tmp_path, capsys):
@@ -125,7 +157,8 @@ def test_unreachable_ray_cluster_is_a_clear_error_that_leaves_nothing_to_resume(
     results = tmp_path / "r"
     assert run.main(["--study", "smoke", "--results", str(results), "--address", "nonsense-address"]) == 2
     err = capsys.readouterr().err
-    assert "could not connect to the Ray cluster at nonsense-address" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+    assert "could not connect to the Ray cluster at nonsense-address" in err
     assert not (results / "runs" / "smoke.json").exists()  # the same command can simply be run again
 
 
@@ -133,19 +166,54 @@ def test_malformed_study_is_an_error_naming_the_key(tmp_path, capsys):
     bad = tmp_path / "bad.py"
     bad.write_text(FAILING_STUDY.replace('"optim.grad_clip": 0.0', '"optim.grad_clpi": 0.0'))
     assert run.main(["--study", str(bad), "--results", str(tmp_path / "r")]) == 2
-    assert "optim.grad_clpi" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "optim.grad_clpi" in err and "did you mean optim.grad_clip?" in err and str(bad) in err
     (tmp_path / "empty.py").write_text("X = 1\n")
     assert run.main(["--study", str(tmp_path / "empty.py")]) == 2
     assert "must define STUDY" in capsys.readouterr().err
 
 
-def test_studies_declare_valid_spaces():
-    study = load_study("unet_losses")
-    assert study.objective == "val/psnr_hole" and study.warm_start[0]["optim.lr"] == 3e-4
-    trial = optuna.create_study().ask()
-    study.space(trial)
-    assert {"model.depth", "model.width", "loss.w_perceptual", "loss.w_tv", "optim.lr", "sched.kind"} <= set(
-        trial.params)
+LR_LINE = '    trial.suggest_categorical("optim.lr", [1e-3, 1e20])'
+
+
+@pytest.mark.parametrize("old, new, named", [
+    # A misspelled key in the space, on one branch of a conditional parameter only.
+    (LR_LINE, '    if trial.suggest_categorical("optim.lr", [1e-3, 1e20]) > 1:\n'
+              '        trial.suggest_float("loss.w_stlye", 0.0, 1.0)', "unknown config key(s): loss.w_stlye"),
+    # A value the config refuses.
+    (LR_LINE, LR_LINE.replace("1e20]", "1e20, -1.0]"), "optim.lr must be > 0"),
+    # The space function itself broken: the line in the study file is named.
+    (LR_LINE, '    trial.suggest_categorcal("optim.lr", [1e-3, 1e20])', "space() raised AttributeError"),
+])
+def test_a_broken_space_fails_at_load_before_ray_starts(tmp_path, capsys, old, new, named):
+    study_file = tmp_path / "broken.py"
+    study_file.write_text(FAILING_STUDY.replace(old, new))
+    started = time.perf_counter()
+    assert run.main(["--study", str(study_file), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(study_file) in err and named in err
+    assert time.perf_counter() - started < 15 and not ray.is_initialized() and not (tmp_path / "r").exists()
+
+
+def test_every_study_in_studies_loads_and_its_space_is_valid():
+    names = available_studies()
+    assert {"smoke", "unet_losses"} <= set(names)
+    for name in names:
+        study = load_study(name)  # samples the space and checks every point against the config
+        trial = optuna.create_study().ask()
+        study.space(trial)
+        assert trial.params and set(trial.params).isdisjoint(study.fixed), name
+    assert load_study("unet_losses").objective == "val/psnr_hole"
+
+
+@pytest.mark.parametrize("flag, value", [("--trials", "-1"), ("--trials", "0"), ("--max-concurrent", "0"),
+                                         ("--cpus-per-trial", "0"), ("--gpus-per-trial", "-0.5"),
+                                         ("--time-budget", "-5"), ("--trials", "many")])
+def test_numeric_flags_are_range_checked_at_parse_time(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--study", "smoke", "--results", str(tmp_path / "r"), flag, value])
+    assert exit_.value.code == 2 and f"argument {flag}:" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 SLOW_STUDY = '''
@@ -178,7 +246,7 @@ def test_sigkilled_search_resumes_without_duplicates(tmp_path):
             time.sleep(1)
             try:
                 trials = optuna.load_study(study_name="slow", storage=storage).get_trials(deepcopy=False)
-            except Exception:
+            except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the driver has not created the study yet
                 continue
             if any(t.state.is_finished() for t in trials) and any(not t.state.is_finished() for t in trials):
                 break

@@ -8,6 +8,7 @@ truncated, empty or foreign file is an error that names the file.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -41,14 +42,23 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        # The weights-only unpickler met a class or function reference: loading it fully could run code.
-        first = str(exc).split("\n")[0][:200]
-        raise CheckpointError(
-            f"{path} holds Python objects besides tensors and plain values, and loading them could run code; "
-            f"refused ({first}). Checkpoints of this project never need that: use one written by it") from None
+        # The weights-only unpickler stops before running anything. A GLOBAL is a class or function reference:
+        # the full unpickler would import and call it, which is how a checkpoint runs code.
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if named:
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors and plain values ({named.group(1)}); loading it could "
+                "run code, so it is refused. Checkpoints of this project never need that: use one written by it"
+            ) from None
+        detail = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in detail if line.startswith("Unsupported")), detail[-1] if detail else "")
+        raise CheckpointError(f"{path} is not a readable checkpoint: the weights-only loader refuses its content "
+                              f"({detail[:120]}); nothing in it was run") from None
     except (RuntimeError, EOFError, KeyError, zipfile.BadZipFile, OSError, ValueError) as exc:
         # torch reports a truncated zip as RuntimeError, an empty file as EOFError, text as KeyError.
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'no data'}"
+        # Its first sentence: torch's zip reader goes on about internal miniz errors.
+        first = str(exc).splitlines()[0].split(". ")[0][:160] if str(exc) else "no data"
+        reason = f"{type(exc).__name__}: {first}"
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupt or not a PyTorch file: "
                               f"{reason})") from None
     if not isinstance(ckpt, dict):

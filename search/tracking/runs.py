@@ -8,6 +8,7 @@ No Ray here.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -37,6 +38,7 @@ class Tracking:
 
 def check_store(uri: str) -> None:
     """Open the tracking store once (a quick, non-retried request for a server) or raise a StoreError naming it."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "creating database tables" is not news; errors still are
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
     try:
