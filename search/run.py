@@ -37,10 +37,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="end the search after SECONDS (running trials stop and count as pruned)")
     p.add_argument("--address", default="", help="join an existing Ray cluster (e.g. ray://head:10001 or auto)")
     p.add_argument("--storage", default="", help="Optuna RDB URL (default sqlite:///<results>/optuna.db)")
-    p.add_argument("--tracking-uri", default="", help="MLflow URI (default sqlite:///<results>/mlflow.db)")
+    p.add_argument("--tracking-uri", default="", help="MLflow URI (default sqlite:///<results>/mlflow.db; on a "
+                   "cluster of several nodes an http:// tracking server)")
+    p.add_argument("--storage-path", default="", help="where trial checkpoints and Tune's state go (default "
+                   "<results>/ray; on a cluster a folder every node mounts, or s3://bucket/prefix)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search in --results")
     p.add_argument("--no-asha", action="store_true", help="run every trial to the full budget")
     p.add_argument("--full-budget", action="store_true", help="use the study's full budget even without GPU/data")
+    p.add_argument("--train-on-cpu", action="store_true", help="trials hold their GPUs but train on the CPU: for "
+                   "testing GPU scheduling on a cluster declared with logical GPUs (ray start --num-gpus N)")
     p.add_argument("--json", default="", metavar="PATH", help="also write the summary as JSON")
     return p.parse_args(argv)
 

@@ -10,6 +10,8 @@ from search.core.checkpoint import save_checkpoint
 from search.core.config import Config
 from search.core.train import train
 
+pytest_plugins = ["servers"]  # tests/servers.py: PostgreSQL and MLflow server fixtures
+
 
 @pytest.fixture(scope="session")
 def small_images() -> ImageSet:

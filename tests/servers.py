@@ -189,3 +189,88 @@ def mlflow_server() -> Iterator[MlflowServer]:
     finally:
         stop_group(proc)
         shutil.rmtree(root, ignore_errors=True)
+
+
+class RayCluster:
+    """A multi-node Ray cluster on this machine: `ray start --head` and `ray start --address` workers, each node in
+    its own process group (so one can be killed like a machine that dies), all on 127.0.0.1, one temp folder.
+
+    Nodes are found by their raylet's `--node_id=` argument; `kill_node` SIGKILLs that node's whole group.
+    """
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.temp = root / "ray"  # short: Ray's socket paths must stay under 107 bytes
+        self.nodes: list[subprocess.Popen] = []
+
+    def _start(self, args: list[str], name: str) -> None:
+        ray = Path(sys.executable).with_name("ray")
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        log = self.root / f"{name}.log"
+        with open(log, "wb") as out:
+            start = subprocess.run([str(ray), "start", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                                    f"--dashboard-agent-listen-port={free_port()}", *args], stdout=out,
+                                   stderr=subprocess.STDOUT, env=env, start_new_session=True, timeout=180)
+        if start.returncode:
+            raise RuntimeError(f"ray start ({name}) failed:\n{tail(log)}")
+
+    def add_head(self, cpus: int, gpus: int = 0) -> None:
+        self._start(["--head", f"--port={self.port}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
+                     "--include-dashboard=false", f"--temp-dir={self.temp}"], "head")
+
+    def add_worker(self, cpus: int, gpus: int = 0) -> None:
+        self._start([f"--address={self.address}", f"--num-cpus={cpus}", f"--num-gpus={gpus}"],
+                    f"worker{len(self._raylets())}")
+
+    def _raylets(self) -> dict[str, int]:
+        """node id -> process group of that node, for the raylets of this cluster."""
+        found = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+                if not args[0].endswith(b"/raylet") or str(self.temp).encode() not in b" ".join(args):
+                    continue
+                node = next(a.split(b"=", 1)[1].decode() for a in args if a.startswith(b"--node_id="))
+                found[node] = os.getpgid(int(proc.name))
+            except (OSError, StopIteration):
+                continue
+        return found
+
+    def node_ids(self) -> list[str]:
+        return sorted(self._raylets())
+
+    def kill_node(self, node_id: str) -> None:
+        """SIGKILL every process of that node (raylet, its workers, its agents), as if the machine died."""
+        os.killpg(self._raylets()[node_id], signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Kill every process that belongs to the cluster (never `ray stop`: it would stop other clusters too)."""
+        marker = str(self.temp).encode()
+        groups = set(self._raylets().values())
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if marker in (proc / "cmdline").read_bytes():
+                        groups.add(os.getpgid(int(proc.name)))
+                except OSError:
+                    continue
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+
+
+@pytest.fixture()
+def ray_cluster() -> Iterator[RayCluster]:
+    """An empty `RayCluster` in a temp folder (add_head, add_worker); every node is killed at the end."""
+    if not Path(sys.executable).with_name("ray").exists():
+        unavailable("the `ray` command is missing from this environment")
+    root = Path(tempfile.mkdtemp(prefix="inpaint-ray-", dir="/tmp"))
+    cluster = RayCluster(root)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)

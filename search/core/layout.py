@@ -19,7 +19,8 @@ def sqlite_url(path: Path) -> str:
 @dataclass(frozen=True)
 class Results:
     """A results folder (absolute): `optuna.db`, `mlflow.db`, `mlartifacts/`, `runs/<study>.json` (the search's
-    state: budget, store URLs, MLflow parent run), `ray/`, `checkpoints/<study>/`, `best/<study>/`, `eval/`."""
+    state: budget, store URLs, storage path, MLflow parent run), `ray/` (Tune's state and the trials' checkpoints,
+    unless --storage-path puts them elsewhere), `best/<study>/`, `eval/`."""
 
     root: Path
 
@@ -49,9 +50,6 @@ class Results:
 
     def state_file(self, study: str) -> Path:
         return self.root / "runs" / f"{study}.json"
-
-    def checkpoints(self, study: str) -> Path:
-        return self.root / "checkpoints" / study
 
     def best(self, study: str) -> Path:
         return self.root / "best" / study

@@ -115,6 +115,10 @@ def child_run(tr: Tracking, ray_trial_id: str, number: int, params: dict, config
     return run.info.run_id
 
 
+def set_tags(tr: Tracking, run_id: str, tags: dict) -> None:
+    MlflowClient(tr.uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 

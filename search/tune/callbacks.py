@@ -10,8 +10,8 @@ from ray import tune
 
 from search.tracking import runs as tracking
 from search.tracking.runs import Tracking
+from search.tune.checkpoints import delete_trial_checkpoints
 from search.tune.searcher import OPTUNA_NUMBER_KEY, fail_reason, trial_number
-from search.tune.trainable import TrialContext, checkpoint_path
 
 
 class ProgressLine(tune.Callback):
@@ -19,6 +19,10 @@ class ProgressLine(tune.Callback):
 
     def __init__(self, objective: str, max_epochs: int, total: int):
         self.objective, self.max_epochs, self.total, self.done = objective, max_epochs, total, 0
+        self.last: dict[str, dict] = {}  # Ray trial id -> its last result (Tune clears it before a retry)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last[trial.trial_id] = result
 
     def _line(self, trial, state: str, reason: str = "") -> None:
         self.done += 1
@@ -37,6 +41,13 @@ class ProgressLine(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(trial, "FAIL", fail_reason(trial.trial_id)[:200])
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # Tune restarts a trial whose worker or node died (FailureConfig); said, so a retry is never silent.
+        r = trial.last_result or self.last.get(trial.trial_id, {})
+        print(f"trial {trial.config.get(OPTUNA_NUMBER_KEY, '?')}: failed on node {str(r.get('node_id', '?'))[:12]} "
+              f"after {r.get('epoch', 0)} epoch(s) ({fail_reason(trial.trial_id)[:160]}); retrying from its last "
+              f"checkpoint (failure {trial.num_failures} of {trial.max_failures} allowed)", flush=True)
+
 
 class MlflowStatus(tune.Callback):
     """Ends each trial's run with the status that matches its Optuna state."""
@@ -53,14 +64,19 @@ class MlflowStatus(tune.Callback):
 
 
 class CheckpointJanitor(tune.Callback):
-    """Deletes the checkpoints of pruned and failed trials; full-budget trials keep theirs."""
+    """Deletes the checkpoints of pruned and failed trials from the run's storage (whichever filesystem it is);
+    full-budget trials keep their last one (its location is the Optuna user attribute `checkpoint`)."""
 
-    def __init__(self, ctx: TrialContext, max_epochs: int):
-        self.ctx, self.max_epochs = ctx, max_epochs
+    def __init__(self, max_epochs: int):
+        self.max_epochs = max_epochs
+
+    @staticmethod
+    def _delete(trial) -> None:
+        delete_trial_checkpoints(trial.storage.storage_filesystem, trial.storage.trial_fs_path)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if (trial.last_result or {}).get("epoch", 0) < self.max_epochs:
-            checkpoint_path(self.ctx, trial_number(trial)).unlink(missing_ok=True)
+            self._delete(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        checkpoint_path(self.ctx, trial_number(trial)).unlink(missing_ok=True)
+        self._delete(trial)

@@ -1,22 +1,35 @@
-"""Running a planned search: OptunaSearch on persistent storage, ASHA, a Tuner (fresh or restored), the report."""
+"""Running a planned search: OptunaSearch on persistent storage, ASHA, a Tuner (fresh or restored), the report.
+
+The driver decodes the training images once and puts them into Ray's object store, where every trial on every node
+reads them without a copy (measured against a shared path in benchmarks/data_transport.py; see the README).
+"""
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import optuna
+import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from search.core.config import Config
+from search.core.train import load_data
 from search.tracking import runs as tracking
 from search.tune import summary as summ
 from search.tune.callbacks import CheckpointJanitor, MlflowStatus, ProgressLine
+from search.tune.checkpoints import repair_before_restore
 from search.tune.plan import RunPlan
 from search.tune.searcher import TrialRegistry, TruthfulOptunaSearch
 from search.tune.storage import open_storage
 from search.tune.study import Study
-from search.tune.trainable import Probe, TrialContext, trainable
+from search.tune.trainable import Probe, TrialContext, data_key, to_payload, trainable
+
+RETRIES = 2  # a trial whose worker or node is lost restarts (from its checkpoint) up to this many times
+STORE_SHARE = 0.8  # the images go to the object store only if they take at most this share of the driver node's
+                   # store (helper measurements: store use = image bytes + ~0.3%)
 
 # Shown first in the end-of-run table when a study searches them.
 KEY_PARAMS = ("model.depth", "model.width", "model.prefill", "model.residual", "loss.recon", "loss.w_perceptual",
@@ -37,18 +50,44 @@ def _searcher(plan: RunPlan, study: Study) -> TruthfulOptunaSearch:
     return searcher
 
 
+def share_images(base: dict[str, Any]) -> tuple[tuple, list] | None:
+    """Decode the images every trial trains on once, here, and put them into Ray's object store; None (trials
+    then read `data.root` themselves, which must exist on every node) when they would crowd the store."""
+    cfg = Config.from_flat({**Config().to_flat(), **{k: v for k, v in base.items() if not k.startswith("_")}})
+    t0 = time.perf_counter()
+    sets = load_data(cfg)
+    payload = to_payload(sets)
+    size = sum(px.nbytes for px, _ in payload.values())
+    here = ray.get_runtime_context().get_node_id()
+    capacity = next((n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n["NodeID"] == here), 0)
+    if size > STORE_SHARE * capacity:
+        source = cfg.data.root or "the embedded images"
+        print(f"search.run: the images take {size / 2**20:.0f} MiB, more than {STORE_SHARE:.0%} of this node's "
+              f"object store ({capacity / 2**20:.0f} MiB): each trial decodes them from {source} itself (give the "
+              "Ray node more --object-store-memory to share them)", flush=True)
+        return None
+    ref = ray.put(payload)
+    counts = ", ".join(f"{len(s)} {k}" for k, s in sets.items())
+    print(f"search.run: images ({counts}; {size / 2**20:.0f} MiB) decoded and put into Ray's object store in "
+          f"{time.perf_counter() - t0:.1f} s; trials on every node read them from there", flush=True)
+    return data_key(cfg), [ref]
+
+
 def run(plan: RunPlan, study: Study, probe: Probe | None = None) -> dict[str, Any]:
     """Run (or continue) the planned search to its end and return the summary read from the Optuna storage;
     `probe` adds figures to every trial's reports (see `TrialContext`)."""
-    ctx = TrialContext(base=plan.base, tracking=plan.tracking, checkpoint_dir=str(plan.checkpoint_dir),
-                       threads=max(1, int(plan.resources["cpu"])), probe=probe)
-    fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), plan.resources)
-    exp_path = plan.ray_dir / study.name
     print(f"search.run: study {study.name}, objective {study.objective} ({study.mode}); {plan.budget_note}")
+    ctx = TrialContext(base=plan.base, tracking=plan.tracking, threads=max(1, int(plan.resources["cpu"])),
+                       probe=probe, data=share_images(plan.base))
+    fn = tune.with_resources(tune.with_parameters(trainable, ctx=ctx), plan.resources)
+    exp_path = f"{plan.storage_path}/{study.name}"
     print(f"search.run: {plan.max_concurrent} trial(s) at once, each with {plan.resources['cpu']:g} CPU and "
-          f"{plan.resources['gpu']:g} GPU; results in {plan.results}", flush=True)
-    if plan.resume and tune.Tuner.can_restore(str(exp_path)):
-        tuner = tune.Tuner.restore(str(exp_path), trainable=fn, resume_unfinished=True, resume_errored=False)
+          f"{plan.resources['gpu']:g} GPU; results in {plan.results}; trial checkpoints in {plan.storage_path}",
+          flush=True)
+    if plan.resume and tune.Tuner.can_restore(exp_path):
+        for line in repair_before_restore(exp_path):
+            print(f"search.run: checkpoint repaired: {line}")
+        tuner = tune.Tuner.restore(exp_path, trainable=fn, resume_unfinished=True, resume_errored=False)
     else:
         scheduler = ASHAScheduler(time_attr="epoch", max_t=plan.budget.epochs, grace_period=study.asha.grace,
                                   reduction_factor=study.asha.reduction) if plan.asha else None
@@ -59,9 +98,11 @@ def run(plan: RunPlan, study: Study, probe: Probe | None = None) -> dict[str, An
                 num_samples=plan.budget.trials, max_concurrent_trials=plan.max_concurrent, reuse_actors=True,
                 time_budget_s=plan.time_budget or None),
             run_config=tune.RunConfig(
-                name=study.name, storage_path=str(plan.ray_dir), verbose=0,
+                name=study.name, storage_path=plan.storage_path, verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=RETRIES),
                 callbacks=[TrialRegistry(), MlflowStatus(plan.tracking, plan.budget.epochs),
-                           CheckpointJanitor(ctx, plan.budget.epochs),
+                           CheckpointJanitor(plan.budget.epochs),
                            ProgressLine(study.objective, plan.budget.epochs, plan.budget.trials)]),
         )
     plan.write_state()

@@ -6,17 +6,19 @@ Every path is made absolute here in the driver: a trial's working directory is a
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import ray
+from pyarrow.fs import FileType
 
 from search.core.layout import Results
 from search.tracking import runs as tracking
 from search.tracking.runs import Tracking
+from search.tune.checkpoints import fs_and_path
+from search.tune.resources import alive_nodes, check_every_node, fit_trials
 from search.tune.storage import open_storage
 from search.tune.study import Budget, Study
 
@@ -39,6 +41,8 @@ class RunOptions:
     resume: bool = False
     no_asha: bool = False
     full_budget: bool = False
+    train_on_cpu: bool = False  # trials hold GPUs (logical ones, in the tests) but train on the CPU
+    storage_path: str = ""  # where trials' checkpoints and Tune's state go (default <results>/ray)
 
 
 @dataclass
@@ -48,8 +52,7 @@ class RunPlan:
     results: Path
     storage: str
     tracking_uri: str
-    ray_dir: Path
-    checkpoint_dir: Path
+    storage_path: str  # an absolute path (local or NFS) or a pyarrow URI such as s3://bucket/prefix
     state_file: Path
     budget: Budget
     budget_note: str
@@ -69,7 +72,7 @@ class RunPlan:
             return
         Results(self.results).write_state(self.study, {
             "study": self.study, "budget": self.budget.__dict__, "budget_note": self.budget_note,
-            "storage": self.storage, "tracking_uri": self.tracking_uri,
+            "storage": self.storage, "tracking_uri": self.tracking_uri, "storage_path": self.storage_path,
             "parent_run_id": self.tracking.parent_run_id, "base": self.base,
         })
 
@@ -127,10 +130,37 @@ def open_stores(storage: str, tracking_uri: str, results: Path, defaults: set[st
             tracking.check_store(url)
 
 
+def check_tracking_reaches_every_node(uri: str, nodes: int, results: Path) -> None:
+    """On a cluster of several nodes, a local tracking store would be a different file on every node: refuse it,
+    with the tracking server command to run instead."""
+    if nodes <= 1 or not uri.startswith(("sqlite:", "file:", "/")):
+        return
+    raise RuntimeError(
+        f"the Ray cluster has {nodes} nodes, and trials on other nodes cannot log to the local MLflow store {uri} "
+        "(each would write its own file, silently). Start a tracking server where every node reaches it, e.g. "
+        f"`mlflow server --backend-store-uri sqlite:///{results / 'mlflow.db'} --artifacts-destination "
+        f"{results / 'mlartifacts'} --serve-artifacts --host 0.0.0.0 --port 5000`, and pass "
+        "--tracking-uri http://<that host>:5000")
+
+
+def experiment_exists(storage_path: str, study: str) -> bool:
+    """Whether the run's storage already holds Tune's state for this study (a folder that `--resume` continues)."""
+    try:
+        fs, root = fs_and_path(storage_path)
+        return fs.get_file_info(f"{root}/{study}").type != FileType.NotFound
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--storage-path {storage_path} cannot be read ({exc}); give a folder every node reaches "
+                         "(NFS) or a URI pyarrow understands (s3://bucket/prefix, gs://...)") from None
+
+
 def plan_run(args: RunOptions, study: Study) -> RunPlan:
     layout = Results.at(args.results)
-    results, state_file, ray_dir = layout.root, layout.state_file(study.name), layout.ray_dir
-    exists = state_file.exists() or (ray_dir / study.name).exists()
+    results, state_file = layout.root, layout.state_file(study.name)
+    state: dict[str, Any] = layout.read_state(study.name) if args.resume else {}
+    storage_path = args.storage_path or state.get("storage_path") or str(layout.ray_dir)
+    if "://" not in storage_path:
+        storage_path = str(Path(storage_path).expanduser().resolve())
+    exists = state_file.exists() or experiment_exists(storage_path, study.name)
     if exists and not args.resume:
         raise ValueError(
             f"{results} already holds a search of study {study.name!r} (see {state_file}); pass --resume to "
@@ -140,42 +170,34 @@ def plan_run(args: RunOptions, study: Study) -> RunPlan:
     data = Path(args.data).resolve() if args.data else None
     if data is not None and not data.is_dir():
         raise FileNotFoundError(f"--data {data} is not a folder")
-    state: dict[str, Any] = layout.read_state(study.name) if args.resume else {}
     storage = args.storage or state.get("storage") or layout.optuna_url
     uri = args.tracking_uri or state.get("tracking_uri") or layout.mlflow_url
     open_stores(storage, uri, results, {layout.optuna_url, layout.mlflow_url})
 
     _start_ray(args.address)
-    cluster = ray.cluster_resources()
-    cpus, gpus = float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0))
-    gpt = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if gpus > 0 else 0.0)
-    if gpt > 0 and gpus <= 0:
-        raise RuntimeError(f"--gpus-per-trial {gpt} asked for, but the Ray cluster has no GPU: trials would wait "
-                           "forever; use --gpus-per-trial 0")
-    if gpt > gpus:
-        raise RuntimeError(f"--gpus-per-trial {gpt} is more than the cluster's {gpus:g} GPUs")
-    cpt = args.cpus_per_trial or (max(1.0, math.floor(cpus / max(1, math.floor(gpus / gpt)))) if gpt > 0 else 1.0)
-    if cpt > cpus:
-        raise RuntimeError(f"--cpus-per-trial {cpt:g} is more than the cluster's {cpus:g} CPUs")
+    nodes = alive_nodes()
+    check_tracking_reaches_every_node(uri, len(nodes), results)
+    if len(nodes) > 1:
+        check_every_node(nodes)
+    fit = fit_trials(nodes, args.gpus_per_trial, args.cpus_per_trial)
+    gpus = sum(n.gpus for n in nodes)
     if args.resume:
         budget, note = Budget(**state["budget"]), state["budget_note"] + " (resumed)"
     else:
         budget, note = _choose_budget(study, data is not None, gpus, args)
         if args.trials:
             budget = Budget(**{**budget.__dict__, "trials": args.trials})
-    fit = math.floor(gpus / gpt) if gpt > 0 else math.floor(cpus / cpt)
-    concurrent = args.max_concurrent or budget.max_concurrent or fit
-    concurrent = max(1, min(concurrent, fit, budget.trials))
+    concurrent = args.max_concurrent or budget.max_concurrent or fit.slots
+    concurrent = max(1, min(concurrent, fit.slots, budget.trials))
 
     base = {**study.fixed, **budget.flat(), "data.root": str(data) if data else "",
-            "train.device": "cuda" if gpt > 0 else "cpu"}
+            "train.device": "cuda" if fit.gpu > 0 and not args.train_on_cpu else "cpu"}
     plan = RunPlan(
-        study=study.name, study_arg=args.study, results=results, storage=storage, tracking_uri=uri, ray_dir=ray_dir,
-        checkpoint_dir=layout.checkpoints(study.name), state_file=state_file, budget=budget,
-        budget_note=note, base=base, resources={"cpu": cpt, "gpu": gpt}, max_concurrent=concurrent,
+        study=study.name, study_arg=args.study, results=results, storage=storage, tracking_uri=uri,
+        storage_path=storage_path, state_file=state_file, budget=budget,
+        budget_note=note, base=base, resources={"cpu": fit.cpu, "gpu": fit.gpu}, max_concurrent=concurrent,
         resume=args.resume, asha=study.asha is not None and not args.no_asha, time_budget=args.time_budget or 0.0,
     )
-    plan.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if args.resume:
         plan.tracking = tracking.find_parent(uri, study.name, state["parent_run_id"])
         tracking.reopen(plan.tracking)

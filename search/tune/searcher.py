@@ -20,8 +20,11 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from search.tune.checkpoints import uri_of
+
 log = logging.getLogger(__name__)
 OPTUNA_NUMBER_KEY = "_optuna_trial"  # added to each Ray config so trainables and callbacks know the number
+PLACEMENT_KEYS = ("node_id", "gpu_ids", "start_epoch")  # reported by the trainable with every epoch
 _TRIALS: dict[str, Any] = {}  # Ray trial id -> Trial, in the driver; filled by TrialRegistry
 
 
@@ -47,6 +50,12 @@ def fail_reason(trial_id: str) -> str:
     return "error (no error file)"
 
 
+def checkpoint_uri(trial_id: str) -> str:
+    """Where the trial's last checkpoint is in the run's storage (a path, or a URI on remote storage)."""
+    checkpoint = getattr(_TRIALS.get(trial_id), "checkpoint", None)
+    return uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint is not None else ""
+
+
 class TruthfulOptunaSearch(OptunaSearch):
     """OptunaSearch with per-epoch intermediate values and COMPLETE / PRUNED / FAIL end states."""
 
@@ -55,6 +64,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._max_epochs, self._epoch_attr = max_epochs, epoch_attr
         self._orphans: list[int] = []  # storage ids of RUNNING trials Tune lost in a crash
         self._last_step: dict[str, int] = {}
+        self._placed: dict[str, tuple] = {}  # Ray trial id -> the (node, GPUs, start epoch) last recorded
         # The base class enqueues points_to_evaluate on every construction; do it once per study.
         for point in points_to_evaluate:
             self._ot_study.enqueue_trial(point, skip_if_exists=True)
@@ -75,10 +85,26 @@ class TruthfulOptunaSearch(OptunaSearch):
             config[OPTUNA_NUMBER_KEY] = ot.number
         return config
 
+    def _place(self, trial_id: str, ot: optuna.Trial, result: dict) -> None:
+        """Record where the trial runs: the latest node and GPUs, and every (re)start with the epoch it resumed
+        from, so a trial moved after a node loss shows it."""
+        where = tuple(result.get(k) for k in PLACEMENT_KEYS)
+        if where[0] is None or self._placed.get(trial_id) == where:
+            return
+        self._placed[trial_id] = where
+        node, gpus, start = where
+        history = list(ot.user_attrs.get("placements", []))  # kept in storage: a resumed driver continues it
+        if not history or history[-1] != {"node_id": node, "gpu_ids": gpus, "start_epoch": start}:
+            history.append({"node_id": node, "gpu_ids": gpus, "start_epoch": start})
+        ot.set_user_attr("node_id", node)
+        ot.set_user_attr("gpu_ids", gpus)
+        ot.set_user_attr("placements", history)
+
     def _report(self, trial_id: str, result: dict) -> None:
         ot = self._ot_trials.get(trial_id)
         if ot is None or trial_id in self._completed_trials or self.metric not in result:
             return
+        self._place(trial_id, ot, result)
         step = int(result[self._epoch_attr])
         if self._last_step.get(trial_id) == step:  # the final result can arrive twice (result and complete)
             return
@@ -105,6 +131,7 @@ class TruthfulOptunaSearch(OptunaSearch):
             self._report(trial_id, result)  # Tune never passes the final epoch to on_trial_result
             if int(result[self._epoch_attr]) >= self._max_epochs:
                 state, value = TrialState.COMPLETE, float(result[self.metric])
+                ot.set_user_attr("checkpoint", checkpoint_uri(trial_id))  # its final weights, for evaluate
             else:
                 state = TrialState.PRUNED  # Optuna keeps the last intermediate value as its value
         # skip_if_finished: a trial finished in storage before a crash is left as it is; storage errors propagate.

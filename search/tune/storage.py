@@ -14,8 +14,9 @@ STORAGE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInter
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage at `url` (created when new), or a StoreError that names it and says what to check."""
-    # SQLite: wait for a lock held by a dashboard or another reader instead of failing at once.
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    # SQLite: wait for a lock held by a dashboard or another reader instead of failing at once. A server: test each
+    # pooled connection before use, so a database restarted during a long search costs a reconnect, not the search.
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except STORAGE_ERRORS as exc:

@@ -19,7 +19,8 @@ def summarise(storage: str, study_name: str, mode: str) -> dict[str, Any]:
         trials.append({
             "number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
             "epochs": len(t.intermediate_values), "fail_reason": t.user_attrs.get("fail_reason", ""),
-            "ray_trial_id": t.user_attrs.get("ray_trial_id", ""),
+            "ray_trial_id": t.user_attrs.get("ray_trial_id", ""), "checkpoint": t.user_attrs.get("checkpoint", ""),
+            "node_id": t.user_attrs.get("node_id", ""), "placements": t.user_attrs.get("placements", []),
         })
     complete = [t for t in trials if t["state"] == TrialState.COMPLETE.name and t["value"] is not None]
     best = (max if mode == "max" else min)(complete, key=lambda t: t["value"]) if complete else None
