@@ -196,3 +196,37 @@ def test_logical_gpus_pack_four_half_gpu_trials_with_their_gpu_ids(tmp_path, ray
     client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
     _, children = _children(client, "gpus")
     assert sorted(r.data.tags["gpu_ids"] for r in children) == ids
+
+
+def test_a_cluster_refuses_a_local_mlflow_store_and_names_a_node_without_the_project(
+        tmp_path, ray_cluster, mlflow_server, capsys):
+    """What a cluster needs from the user, said before anything runs: a tracking server, the project on each node."""
+    ray_cluster.add_head(cpus=1)
+    head = ray_cluster.node_ids()
+    # A node whose Python has Ray, torch and the rest but not this project: as a machine where it was never
+    # installed. Its environment sees this one's packages through a path file, which skips the editable install.
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    [site] = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_relative_to(sys.prefix)]
+    [bare_site] = bare.glob("lib/python*/site-packages")
+    (bare_site / "packages.pth").write_text(site + "\n")
+    ray_cluster.add_worker(cpus=1, python=str(bare / "bin" / "python"))
+    [lacking] = set(ray_cluster.node_ids()) - set(head)
+    results = tmp_path / "results"
+    args = ["--study", "smoke", "--results", str(results), "--address", ray_cluster.address]
+
+    # The default MLflow store is a local file, which two nodes cannot share: refused, with the server to start.
+    assert run.main(args) == 2
+    err = capsys.readouterr().err
+    assert "the Ray cluster has 2 nodes" in err and "mlflow server" in err and "--serve-artifacts" in err
+    assert "--tracking-uri http://" in err
+
+    # Through a server, the node that cannot import the project is named before any trial starts. (The driver runs
+    # outside the repository: Ray hands the driver's sys.path to every worker, and the repository on it would hide
+    # what the node lacks.)
+    done = subprocess.run([sys.executable, "-m", "search.run", *args, "--tracking-uri", mlflow_server.url],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"node {lacking[:12]}" in done.stderr and "No module named 'search'" in done.stderr
+    assert f"node {head[0][:12]}" not in done.stderr
+    assert not (results / "runs" / "smoke.json").exists()  # nothing to --resume: the next plain run starts afresh
