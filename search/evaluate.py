@@ -23,7 +23,8 @@ from search.tracking.evaluation import log_evaluation
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="a checkpoint (.pt) written by this project")
+    p.add_argument("--model", required=True, help="a checkpoint (.pt) written by this project, "
+                   "or a search trial's checkpoint folder or URI (as the search summary prints it)")
     p.add_argument("--data", default="", help="image folder (default: the embedded images); its test split is used")
     p.add_argument("--images", type=at_least(1), default=200, help="at most this many test images (default 200)")
     p.add_argument("--device", default="auto")
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    model, cfg = load_model(Path(args.model), device)
+    model, cfg = load_model(args.model, device)
     root = Path(args.data) if args.data else DEFAULT_IMAGES
     out = Path(args.out) if args.out else Results.at(args.results).eval_dir
     return {"model": str(args.model), **compare(model, cfg, root, args.images, device, out)}

@@ -20,7 +20,8 @@ from search.core.train import corruption_of
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m search.inpaint", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="a checkpoint (.pt) written by this project")
+    p.add_argument("--model", required=True, help="a checkpoint (.pt) written by this project, "
+                   "or a search trial's checkpoint folder or URI (as the search summary prints it)")
     p.add_argument("--input", required=True, help="folder of images to repair")
     p.add_argument("--output", required=True, help="folder for the composited PNG outputs")
     group = p.add_mutually_exclusive_group()
@@ -32,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> tuple[int, list[tuple[str, str]]]:
     device = resolve_device(args.device)
-    model, cfg = load_model(Path(args.model), device)
+    model, cfg = load_model(args.model, device)
     masks = Path(args.masks) if args.masks else None
     return inpaint_folder(model, corruption_of(cfg), Path(args.input), Path(args.output), device, masks,
                           args.mask_seed)

@@ -101,6 +101,8 @@ def retrain(args: argparse.Namespace) -> int:
     value = f"{trial['value']:.4f}" if trial.get("value") is not None else "no value"
     print(f"retrain_best: trial {trial['number']} of study {study.name} ({study.objective} {value}): "
           + ", ".join(f"{k}={summary.short(v)}" for k, v in sorted(trial["params"].items())))
+    if trial.get("checkpoint"):
+        print(f"retrain_best: the search's own final weights of this trial: {trial['checkpoint']}")
 
     done = resume is not None and resume["epoch"] >= cfg.train.epochs and model_path.exists()
     if done and registry.is_finished(uri, resume.get("mlflow_run_id", "")):

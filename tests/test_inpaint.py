@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from search import evaluate, inpaint
-from search.core.checkpoint import CheckpointError, load_checkpoint
+from search.core.checkpoint import TRIAL_FILE, CheckpointError, load_checkpoint, load_model, locate
 
 
 def _inputs(folder):
@@ -117,3 +118,21 @@ def test_project_checkpoints_load_without_the_full_unpickler(tiny_checkpoint):
     assert all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
     with pytest.raises(CheckpointError, match="it has no nothing"):
         load_checkpoint(tiny_checkpoint, required=("model", "nothing"))
+
+
+def test_a_trial_checkpoint_is_found_by_file_folder_or_storage_uri(tiny_checkpoint, tmp_path):
+    # As a search's storage keeps a trial's final state: <storage>/<study>/<trial>/checkpoint_NNNNNN/checkpoint.pt
+    folder = tmp_path / "ray" / "smoke" / "trial_0" / "checkpoint_000002"
+    folder.mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, folder / TRIAL_FILE)
+    assert locate(folder) == folder / TRIAL_FILE and locate(tiny_checkpoint) == tiny_checkpoint
+    fetched = locate(folder.as_uri())  # file://...: read through pyarrow, as s3:// would be
+    assert fetched != folder / TRIAL_FILE and fetched.read_bytes() == tiny_checkpoint.read_bytes()
+    reference, _ = load_model(tiny_checkpoint)
+    for where in (folder, folder.as_uri()):
+        model, cfg = load_model(where)
+        assert cfg.model.prefill == "pyramid"
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values(),
+                                                      strict=True))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        locate((tmp_path / "nowhere").as_uri())

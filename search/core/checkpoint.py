@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pickle
 import re
+import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,36 @@ import torch
 from models.unet import UNet
 from search.core.config import Config
 
+TRIAL_FILE = "checkpoint.pt"  # the file inside a trial's checkpoint folder in a search's storage
+
 
 class CheckpointError(ValueError):
     """A file that is not a loadable checkpoint of this project; the message names it and says why."""
+
+
+def locate(model: str | Path) -> Path:
+    """The checkpoint file a user means: a file, a trial's checkpoint folder in a search's storage (as the search
+    summary prints it), or that folder's URI on remote storage (s3://..., copied into a temp folder first)."""
+    text = str(model)
+    if "://" not in text:
+        path = Path(text).expanduser()
+        return path / TRIAL_FILE if path.is_dir() else path
+    import pyarrow.fs as pafs  # only for remote storage (it comes with Ray and MLflow)
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.NotFound:
+            raise CheckpointError(f"checkpoint {text} does not exist")
+        source = f"{path}/{TRIAL_FILE}" if kind == pafs.FileType.Directory else path
+        local = Path(tempfile.mkdtemp(prefix="inpaint-model-")) / TRIAL_FILE
+        with fs.open_input_stream(source) as f, open(local, "wb") as out:
+            shutil.copyfileobj(f, out)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"cannot read the checkpoint {text} ({exc})") from None
+    return local
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> Path:
@@ -71,8 +100,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu",
     return ckpt
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, Config]:
-    """Rebuild a trained model from any checkpoint of this project: it carries its own flat config."""
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, Config]:
+    """Rebuild a trained model from any checkpoint of this project (a file, or a folder or URI: see `locate`): it
+    carries its own flat config."""
+    path = locate(path)
     ckpt = load_checkpoint(path, map_location=device)
     if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["model"], dict):
         raise CheckpointError(f"{path} is not a checkpoint of this project: its config and model are not dicts")

@@ -26,10 +26,10 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray import tune
 
-from search.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from search.core.checkpoint import TRIAL_FILE, CheckpointError, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
-FILE, META = "checkpoint.pt", "epoch.json"
+FILE, META = TRIAL_FILE, "epoch.json"
 _staging: list[Path] = []  # this process's staging folder (reused actors write every trial's epochs through it)
 
 

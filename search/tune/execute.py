@@ -130,6 +130,8 @@ def _print_report(report: dict[str, Any], study: Study, plan: RunPlan) -> None:
     if best:
         print(f"best full-budget trial: #{best['number']} {study.objective} = {best['value']:.4f}")
         print("  " + ", ".join(f"{k}={summ.short(v)}" for k, v in sorted(best["params"].items())))
+        if best.get("checkpoint"):
+            print(f"  its final weights: {best['checkpoint']} (python -m search.evaluate --model <that>)")
     else:
         print("no trial ran the full budget")
     groups = summ.failures(report)
