@@ -62,3 +62,15 @@ def test_warm_start_points_are_enqueued_once_per_study():
     waiting = [t for t in searcher.study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
     assert len(waiting) == 1
     assert {k: v for k, v in searcher.suggest("ray-a").items() if k != OPTUNA_NUMBER_KEY} == warm[0]
+
+
+def test_asha_keeps_its_rungs_per_bracket_and_its_metric_sign():
+    from search.tune.scheduler import ResumableASHA
+
+    sched = ResumableASHA(storage="sqlite://", study_name="none", time_attr="epoch", max_t=4, grace_period=1,
+                          reduction_factor=2)
+    assert sched.set_search_properties("val/psnr_hole", "max")
+    assert sched._metric_op == 1.0, "ASHAScheduler._metric_op moved"
+    [bracket] = sched._brackets
+    milestones = [m for m, recorded in bracket._rungs]
+    assert milestones == [4, 2, 1] and all(r == {} for _, r in bracket._rungs), "_Bracket._rungs moved"

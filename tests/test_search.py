@@ -262,3 +262,62 @@ def test_sigkilled_search_resumes_without_duplicates(tmp_path):
     assert len(parents) == 1 and len(children) == 5
     assert sorted(int(r.data.tags["optuna_trial"]) for r in children) == [t.number for t in trials]
     assert all(r.info.status == "FINISHED" for r in children)
+
+
+ASHA_STUDY = '''
+"""Test study: ASHA over fixed trials, one at a time, so an interrupted and an uninterrupted search can agree."""
+from search.tune.study import Asha, Budget, Study
+
+def space(trial):
+    trial.suggest_float("optim.lr", 1e-5, 3e-2, log=True)
+
+STUDY = Study(
+    name="rungs", description="", space=space, asha=Asha(grace=1, reduction=2),
+    fixed={"model.depth": 2, "model.width": 8, "train.batch_size": 4, "loss.w_perceptual": 0.0,
+           "train.precision": "fp32", "data.workers": 1},
+    budget=Budget(trials=7, epochs=4, train_images=8, val_images=4, image_size=64, steps_per_epoch=8,
+                  max_concurrent=1, val_fraction=0.2, test_fraction=0.2),
+    warm_start=[{"optim.lr": lr} for lr in (3e-3, 1e-5, 1e-2, 2e-5, 5e-3, 3e-5, 2e-2)],
+)
+'''
+
+
+def _decisions(results: Path) -> list[tuple[int, str, int]]:
+    trials = optuna.load_study(study_name="rungs", storage=f"sqlite:///{results / 'optuna.db'}").get_trials()
+    return [(t.number, t.state.name, len(t.intermediate_values)) for t in trials]
+
+
+def test_a_resumed_search_prunes_as_the_uninterrupted_one(tmp_path):
+    """ASHA's rungs are rebuilt from the Optuna storage after a resume, so early stopping decides the same."""
+    study_file = tmp_path / "rungs.py"
+    study_file.write_text(ASHA_STUDY)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert run.main(["--study", str(study_file), "--results", str(whole)]) == 0
+    expected = _decisions(whole)
+    assert len(expected) == 7 and {s for _, s, _ in expected} == {"COMPLETE", "PRUNED"}
+
+    cmd = [sys.executable, "-m", "search.run", "--study", str(study_file), "--results", str(cut)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    storage = f"sqlite:///{cut / 'optuna.db'}"
+    deadline = time.time() + 240
+    try:  # killed once three trials have ended: the rungs then hold records the resumed search must know
+        while time.time() < deadline:
+            time.sleep(0.5)
+            try:
+                trials = optuna.load_study(study_name="rungs", storage=storage).get_trials(deepcopy=False)
+            except (KeyError, sqlalchemy.exc.SQLAlchemyError):
+                continue
+            if sum(t.state.is_finished() for t in trials) >= 3:
+                break
+        else:
+            pytest.fail("the search never reached three finished trials")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    ended_before = sum(t.state.is_finished() for t in trials)
+    assert ended_before < 7
+    assert run.main(["--study", str(study_file), "--results", str(cut), "--resume"]) == 0
+    got = _decisions(cut)
+    assert got == expected
+    # The comparison means something: the resumed part had pruning decisions to make.
+    assert any(s == "PRUNED" for n, s, _ in expected if n >= ended_before)

@@ -13,7 +13,6 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from search.core.config import Config
 from search.core.train import load_data
@@ -22,6 +21,7 @@ from search.tune import summary as summ
 from search.tune.callbacks import CheckpointJanitor, MlflowStatus, ProgressLine
 from search.tune.checkpoints import repair_before_restore
 from search.tune.plan import RunPlan
+from search.tune.scheduler import ResumableASHA
 from search.tune.searcher import TrialRegistry, TruthfulOptunaSearch
 from search.tune.storage import open_storage
 from search.tune.study import Study
@@ -89,7 +89,8 @@ def run(plan: RunPlan, study: Study, probe: Probe | None = None) -> dict[str, An
             print(f"search.run: checkpoint repaired: {line}")
         tuner = tune.Tuner.restore(exp_path, trainable=fn, resume_unfinished=True, resume_errored=False)
     else:
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=plan.budget.epochs, grace_period=study.asha.grace,
+        scheduler = ResumableASHA(storage=plan.storage, study_name=study.name, time_attr="epoch",
+                                  max_t=plan.budget.epochs, grace_period=study.asha.grace,
                                   reduction_factor=study.asha.reduction) if plan.asha else None
         tuner = tune.Tuner(
             fn,
