@@ -22,7 +22,7 @@ from search.tune.callbacks import CheckpointJanitor, MlflowStatus, ProgressLine
 from search.tune.checkpoints import repair_before_restore
 from search.tune.plan import RunPlan
 from search.tune.scheduler import ResumableASHA
-from search.tune.searcher import TrialRegistry, TruthfulOptunaSearch
+from search.tune.searcher import TrialRegistry, TruthfulOptunaSearch, trial_number
 from search.tune.storage import open_storage
 from search.tune.study import Study
 from search.tune.trainable import Probe, TrialContext, data_key, to_payload, trainable
@@ -48,6 +48,11 @@ def _searcher(plan: RunPlan, study: Study) -> TruthfulOptunaSearch:
     s.set_user_attr("fixed", json.dumps(plan.base, default=str))
     s.set_user_attr("budget", plan.budget_note)
     return searcher
+
+
+def trial_dirname(trial) -> str:
+    """A trial's folder in the storage: its Optuna number and Ray id (Tune's default strings every parameter)."""
+    return f"trial_{trial_number(trial):04d}_{trial.trial_id}"
 
 
 def share_images(base: dict[str, Any]) -> tuple[tuple, list] | None:
@@ -97,6 +102,7 @@ def run(plan: RunPlan, study: Study, probe: Probe | None = None) -> dict[str, An
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(plan, study), scheduler=scheduler, metric=study.objective, mode=study.mode,
                 num_samples=plan.budget.trials, max_concurrent_trials=plan.max_concurrent, reuse_actors=True,
+                trial_dirname_creator=trial_dirname,
                 time_budget_s=plan.time_budget or None),
             run_config=tune.RunConfig(
                 name=study.name, storage_path=plan.storage_path, verbose=0,
