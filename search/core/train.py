@@ -20,6 +20,7 @@ from data.corrupt import Corruption, apply_mask, composite, random_masks
 from data.images import DEFAULT_IMAGES, ImageSet, fixed_masks, load_splits
 from losses.composite import CompositeLoss
 from models.unet import UNet
+from search.core import faults
 from search.core.config import Config
 from search.core.device import autocast, resolve_device, resolve_precision
 from search.core.metrics import hole_metrics
@@ -209,6 +210,7 @@ def train(
             first_bad = torch.where(new_bad, step, first_bad)
             bad_loss = torch.where(new_bad, loss.detach().float(), bad_loss)
             step += 1
+            faults.hit("mid_epoch")
             check = step % CHECK_EVERY == 0 or i + 1 == steps_per_epoch
             if check and (bad := int(first_bad)) >= 0:
                 return _diverged(f"non-finite loss or gradient norm at step {bad} (loss {float(bad_loss)})",

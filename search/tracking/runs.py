@@ -115,6 +115,12 @@ def child_run(tr: Tracking, ray_trial_id: str, number: int, params: dict, config
     return run.info.run_id
 
 
+def last_logged_epoch(tr: Tracking, run_id: str) -> int:
+    """The last epoch this run already has metrics for (0 for none): a trial restarted from an earlier checkpoint
+    trains those epochs again and must not log them twice."""
+    return max((m.step for m in MlflowClient(tr.uri).get_metric_history(run_id, "train/loss")), default=0)
+
+
 def set_tags(tr: Tracking, run_id: str, tags: dict) -> None:
     MlflowClient(tr.uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

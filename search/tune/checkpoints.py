@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray import tune
 
+from search.core import faults
 from search.core.checkpoint import TRIAL_FILE, CheckpointError, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def stage(ckpt: dict[str, Any]) -> tune.Checkpoint:
         atexit.register(cleanup_staging)
     folder = _staging[0]
     save_checkpoint(ckpt, folder / FILE)
+    faults.hit("checkpoint_write")
     (folder / META).write_text(json.dumps({"epoch": int(ckpt["epoch"])}))
     return tune.Checkpoint.from_directory(str(folder))
 

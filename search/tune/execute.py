@@ -14,6 +14,7 @@ import optuna
 import ray
 from ray import tune
 
+from search.core import faults
 from search.core.config import Config
 from search.core.train import load_data
 from search.tracking import runs as tracking
@@ -117,6 +118,7 @@ def run(plan: RunPlan, study: Study, probe: Probe | None = None) -> dict[str, An
     # Ctrl-C makes fit() return early with unfinished trials; a time budget ends the search on purpose.
     all_ended = grid.num_terminated + grid.num_errors == len(grid)
     finished = all_ended and (len(grid) >= plan.budget.trials or bool(plan.time_budget))
+    faults.hit("summary")
     orphans = tracking.close_parent(plan.tracking, "FINISHED" if finished else "KILLED")
     report = summ.summarise(plan.storage, study.name, study.mode)
     report.update(finished=finished, budget=plan.budget_note, storage=plan.storage, tracking_uri=plan.tracking_uri,

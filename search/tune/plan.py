@@ -14,6 +14,7 @@ import optuna
 import ray
 from pyarrow.fs import FileType
 
+from search.core import faults
 from search.core.layout import Results
 from search.tracking import runs as tracking
 from search.tracking.runs import Tracking
@@ -174,6 +175,7 @@ def plan_run(args: RunOptions, study: Study) -> RunPlan:
     uri = args.tracking_uri or state.get("tracking_uri") or layout.mlflow_url
     open_stores(storage, uri, results, {layout.optuna_url, layout.mlflow_url})
 
+    faults.arm_driver()  # only under the fault-injection tests (INPAINT_FAULT): workers inherit the driver's pid
     _start_ray(args.address)
     nodes = alive_nodes()
     check_tracking_reaches_every_node(uri, len(nodes), results)

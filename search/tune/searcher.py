@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from search.core import faults
 from search.tune.checkpoints import uri_of
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         ot = self._ot_trials[trial_id]
         ot.set_user_attr("ray_trial_id", trial_id)
+        faults.hit("trial_created")  # asked in Optuna, not yet known to Tune
         if config is not None:
             config[OPTUNA_NUMBER_KEY] = ot.number
         return config
@@ -111,6 +113,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._last_step[trial_id] = step
         try:
             ot.report(float(result[self.metric]), step)
+            faults.hit("optuna_recorded")
         except optuna.exceptions.UpdateFinishedTrialError:
             # Finished in storage before a crash, and reported again by the resumed trial: nothing to add.
             # Any other error (the storage itself failing) propagates: the search stops and says so.

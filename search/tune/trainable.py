@@ -21,6 +21,7 @@ from ray import tune
 
 from data.corrupt import apply_mask, composite
 from data.images import ImageSet, fixed_masks
+from search.core import faults
 from search.core.config import Config
 from search.core.grids import sample_grid
 from search.core.train import Epoch, corruption_of, load_data, train
@@ -110,6 +111,7 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
                  "gpu_ids": ",".join(runtime.get_accelerator_ids().get("GPU", [])),
                  "start_epoch": int(resume["epoch"]) if resume else 0}
     tracking.set_tags(ctx.tracking, run_id, placement)
+    logged = tracking.last_logged_epoch(ctx.tracking, run_id)  # > 0 only for a trial restarted after a loss
     if resume is not None:
         # The driver may have died between our checkpoint and its record of that epoch: say it again
         # (Optuna ignores a repeated step); a trial that had already finished ends here.
@@ -130,11 +132,13 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
         t0 = time.perf_counter()
         n = int(metrics["epoch"])
         checkpoint = checkpoints.stage(epoch())
-        tracking.log_epoch(ctx.tracking, run_id, metrics, step=n)
-        device = next(epoch.model.parameters()).device
-        columns = _sample_columns(epoch.model, data["val"], val_masks, device)
-        tracking.log_image(ctx.tracking, run_id, sample_grid(columns, f"trial {number}, epoch {n}"),
-                           f"epoch_{n:03d}.png")
+        if n > logged:  # an epoch trained again after a restart keeps its first record (as Optuna does)
+            tracking.log_epoch(ctx.tracking, run_id, metrics, step=n)
+            faults.hit("mlflow_logging")
+            device = next(epoch.model.parameters()).device
+            columns = _sample_columns(epoch.model, data["val"], val_masks, device)
+            tracking.log_image(ctx.tracking, run_id, sample_grid(columns, f"trial {number}, epoch {n}"),
+                               f"epoch_{n:03d}.png")
         bookkeeping_s += time.perf_counter() - t0
         times = {"time/setup_s": setup_s, "time/bookkeeping_s": bookkeeping_s, **extra()}
         # Tune copies the checkpoint into the run's storage before this returns; it may not return at all (the

@@ -1,0 +1,91 @@
+"""The search's driver SIGKILLed at each moment that matters (search.core.faults), then `--resume`: the stores end
+exactly as an uninterrupted search leaves them. Real processes, real Ray, Optuna and MLflow stores."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from search import run
+from search.core.checkpoint import load_checkpoint
+from search.core.faults import POINTS
+
+pytestmark = pytest.mark.slow
+
+STUDY = '''
+"""Test study: two trials at a time, ASHA, long enough to be interrupted anywhere."""
+from search.tune.study import Asha, Budget, Study
+
+def space(trial):
+    trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+
+STUDY = Study(
+    name="faults", description="", space=space, asha=Asha(grace=1, reduction=2),
+    fixed={"model.depth": 2, "model.width": 8, "train.batch_size": 4, "loss.w_perceptual": 0.0,
+           "train.precision": "fp32", "data.workers": 1},
+    budget=Budget(trials=5, epochs=3, train_images=8, val_images=4, image_size=64, steps_per_epoch=8,
+                  max_concurrent=2, val_fraction=0.2, test_fraction=0.2),
+)
+'''
+# Which time a process reaches the point: late enough that trials have records, checkpoints and runs to lose.
+NTH = {"trial_created": 3, "mid_epoch": 12, "checkpoint_write": 2, "mlflow_logging": 2, "optuna_recorded": 4,
+       "summary": 1}
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tmp_path, point):
+    study_file = tmp_path / "faults.py"
+    study_file.write_text(STUDY)
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "search.run", "--study", str(study_file), "--results", str(results)]
+    env = {**os.environ, "INPAINT_FAULT": f"{point}:{NTH[point]}"}
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=400)
+    finally:
+        # What the dead driver leaves (its private Ray cluster) goes too, as on a machine that rebooted.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == -signal.SIGKILL, f"the driver was not killed at {point}:\n{log.read_text()[-2000:]}"
+
+    assert run.main(["--study", str(study_file), "--results", str(results), "--resume"]) == 0
+    trials = optuna.load_study(study_name="faults", storage=f"sqlite:///{results / 'optuna.db'}").get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
+    for t in trials:
+        assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
+        assert len(t.intermediate_values) == 3 or t.state == TrialState.PRUNED
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(int(r.data.tags["optuna_trial"]) for r in children) == [0, 1, 2, 3, 4]
+    by_number = {int(r.data.tags["optuna_trial"]): r for r in children}
+    for t in trials:
+        r = by_number[t.number]
+        assert r.info.status == ("FINISHED" if t.state == TrialState.COMPLETE else "KILLED"), (t.number, point)
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val/psnr_hole")]
+        assert steps == sorted(set(steps)), (t.number, steps)  # each epoch logged once, even when trained twice
+        # MLflow holds every epoch Optuna holds; at most one more, trained while the driver was dying (a trial
+        # runs on while the driver decides on its last report, and the driver never heard of that epoch).
+        recorded = sorted(t.intermediate_values)
+        assert steps[: len(recorded)] == recorded and len(steps) - len(recorded) <= 1, (t.number, steps)
+
+    kept = list((results / "ray" / "faults").glob("*/checkpoint_*/checkpoint.pt"))
+    for path in kept:
+        load_checkpoint(path, required=("model", "epoch", "history"))
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert {Path(t.user_attrs["checkpoint"]) / "checkpoint.pt" for t in complete} <= set(kept)
