@@ -89,3 +89,50 @@ def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tmp_path, point
         load_checkpoint(path, required=("model", "epoch", "history"))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert {Path(t.user_attrs["checkpoint"]) / "checkpoint.pt" for t in complete} <= set(kept)
+
+
+WORKERS_STUDY = '''
+"""Test study: a trial far too large for any machine beside normal ones."""
+from search.tune.study import Budget, Study
+
+def space(trial):
+    trial.suggest_categorical("model.width", [8, 65536])
+    trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+
+STUDY = Study(
+    name="workers", description="", space=space, asha=None,
+    fixed={"model.depth": 2, "model.max_width": 65536, "train.batch_size": 4, "loss.w_perceptual": 0.0,
+           "train.precision": "fp32", "data.workers": 1},
+    budget=Budget(trials=4, epochs=3, train_images=8, val_images=4, image_size=64, steps_per_epoch=4,
+                  max_concurrent=2, val_fraction=0.2, test_fraction=0.2),
+    warm_start=[{"model.width": w, "optim.lr": lr} for w, lr in ((8, 1e-3), (65536, 1e-3), (8, 2e-3), (8, 3e-3))],
+)
+'''
+
+
+def test_a_killed_worker_is_retried_and_a_trial_too_large_fails_with_its_reason(tmp_path):
+    """A trial's worker SIGKILLed in its second epoch: Tune restarts the trial from its checkpoint and says so. A
+    configuration that needs 154 GB for one layer: FAIL, with the allocator's message. The search goes on."""
+    study_file = tmp_path / "workers.py"
+    study_file.write_text(WORKERS_STUDY)
+    results = tmp_path / "results"
+    env = {**os.environ, "INPAINT_FAULT": "mid_epoch:6:self", "INPAINT_FAULT_ONCE": str(tmp_path / "died")}
+    done = subprocess.run([sys.executable, "-m", "search.run", "--study", str(study_file), "--results", str(results)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "died").exists()  # a worker did die
+    trials = optuna.load_study(study_name="workers", storage=f"sqlite:///{results / 'optuna.db'}").get_trials()
+    assert len(trials) == 4
+    huge = [t for t in trials if t.params["model.width"] == 65536]
+    assert [t.state for t in huge] == [TrialState.FAIL]
+    assert "can't allocate memory" in huge[0].user_attrs["fail_reason"]
+    normal = [t for t in trials if t.params["model.width"] == 8]
+    assert all(t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3] for t in normal)
+    [moved] = [t for t in normal if len(t.user_attrs["placements"]) > 1]
+    assert moved.user_attrs["placements"][-1]["start_epoch"] >= 1  # restarted from its checkpoint, not from 0
+    assert f"trial {moved.number}: failed on node" in done.stdout and "retrying from its last checkpoint" in done.stdout
+    assert f"trial {huge[0].number}: FAIL" in done.stdout
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("workers").experiment_id])
+    status = {int(r.data.tags["optuna_trial"]): r.info.status for r in runs if "optuna_trial" in r.data.tags}
+    assert status == {t.number: "FAILED" if t in huge else "FINISHED" for t in trials}
