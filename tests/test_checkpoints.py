@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def counting(config: dict) -> None:
     """Four epochs, a checkpoint each; the first attempt dies after epoch 2 (as a lost node would)."""
-    ckpt = restored(required=("epoch",))
+    ckpt, _ = restored(required=("epoch",))
     start = int(ckpt["epoch"]) if ckpt else 0
     for epoch in range(start + 1, 5):
         marker = Path(config["marker"])

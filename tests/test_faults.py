@@ -41,24 +41,27 @@ NTH = {"trial_created": 3, "mid_epoch": 12, "checkpoint_write": 2, "mlflow_loggi
        "summary": 1}
 
 
+def _killed_at(fault: str, study_file: Path, results: Path, log: Path) -> None:
+    """Run the search with INPAINT_FAULT=fault; it must end SIGKILLed. What the dead driver leaves (its private
+    Ray cluster, in its process group) is killed too, as on a machine that rebooted."""
+    cmd = [sys.executable, "-m", "search.run", "--study", str(study_file), "--results", str(results)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "INPAINT_FAULT": fault},
+                                start_new_session=True)
+    try:
+        rc = proc.wait(timeout=400)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == -signal.SIGKILL, f"the driver was not killed at {fault}:\n{log.read_text()[-2000:]}"
+
+
 @pytest.mark.parametrize("point", POINTS)
 def test_driver_killed_then_resumed_loses_and_duplicates_nothing(tmp_path, point):
     study_file = tmp_path / "faults.py"
     study_file.write_text(STUDY)
     results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "search.run", "--study", str(study_file), "--results", str(results)]
-    env = {**os.environ, "INPAINT_FAULT": f"{point}:{NTH[point]}"}
-    log = tmp_path / "killed.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        rc = proc.wait(timeout=400)
-    finally:
-        # What the dead driver leaves (its private Ray cluster) goes too, as on a machine that rebooted.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert rc == -signal.SIGKILL, f"the driver was not killed at {point}:\n{log.read_text()[-2000:]}"
-
+    _killed_at(f"{point}:{NTH[point]}", study_file, results, tmp_path / "killed.log")
     assert run.main(["--study", str(study_file), "--results", str(results), "--resume"]) == 0
     trials = optuna.load_study(study_name="faults", storage=f"sqlite:///{results / 'optuna.db'}").get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
@@ -136,3 +139,32 @@ def test_a_killed_worker_is_retried_and_a_trial_too_large_fails_with_its_reason(
     runs = client.search_runs([client.get_experiment_by_name("workers").experiment_id])
     status = {int(r.data.tags["optuna_trial"]): r.info.status for r in runs if "optuna_trial" in r.data.tags}
     assert status == {t.number: "FAILED" if t in huge else "FINISHED" for t in trials}
+
+
+def test_a_truncated_checkpoint_found_on_resume_restarts_its_trial_with_a_warning(tmp_path):
+    study_file = tmp_path / "faults.py"
+    study_file.write_text(STUDY.replace("steps_per_epoch=8", "steps_per_epoch=16"))
+    results = tmp_path / "results"
+    _killed_at("optuna_recorded:3", study_file, results, tmp_path / "killed.log")
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    running = [t for t in optuna.load_study(study_name="faults", storage=storage).get_trials()
+               if t.state == TrialState.RUNNING and t.intermediate_values]
+    assert running, "no trial was interrupted after an epoch"
+    cut = []
+    for t in running:  # every checkpoint of the interrupted trials loses its second half
+        for path in (results / "ray" / "faults").glob(f"trial_{t.number:04d}_*/checkpoint_*/checkpoint.pt"):
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+            cut.append(t.number)
+    assert cut
+    assert run.main(["--study", str(study_file), "--results", str(results), "--resume"]) == 0
+    trials = optuna.load_study(study_name="faults", storage=storage).get_trials()
+    assert len(trials) == 5 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    warned = {int(r.data.tags["optuna_trial"]): r.data.tags.get("inpaint.warning", "") for r in runs
+              if "optuna_trial" in r.data.tags}
+    for number in cut:
+        assert "could not be used" in warned[number] and "started over" in warned[number], warned
+        assert trials[number].user_attrs["placements"][-1]["start_epoch"] == 0
+    assert not any(warned[n] for n in warned if n not in cut)

@@ -59,18 +59,20 @@ def stage(ckpt: dict[str, Any]) -> tune.Checkpoint:
     return tune.Checkpoint.from_directory(str(folder))
 
 
-def restored(required: tuple[str, ...]) -> dict[str, Any] | None:
-    """The checkpoint Tune restored this trial with (from any node's storage), or None on a first start. An
-    unreadable one is reported and the trial starts over rather than failing."""
+def restored(required: tuple[str, ...]) -> tuple[dict[str, Any] | None, str]:
+    """The checkpoint Tune restored this trial with (from any node's storage), or None on a first start; and a
+    warning when there was one that cannot be read (truncated, corrupt): the trial then starts over instead of
+    failing (only the latest state is kept, so there is no earlier one to fall back to)."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return None
+        return None, ""
     with checkpoint.as_directory() as folder:
         try:
-            return load_checkpoint(Path(folder) / FILE, required=required)
+            return load_checkpoint(Path(folder) / FILE, required=required), ""
         except CheckpointError as exc:
-            log.warning("the trial's checkpoint cannot be used (%s): it starts over", exc)
-            return None
+            warning = f"its checkpoint could not be used ({exc}); the trial started over from epoch 0"
+            log.warning(warning)
+            return None, warning
 
 
 def _epoch(fs: pafs.FileSystem, folder: str) -> int:

@@ -104,13 +104,13 @@ def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
     # The run exists before the config is checked, so a trial with an invalid config still gets its FAILED run.
     run_id = tracking.child_run(ctx.tracking, tune.get_context().get_trial_id(), number, searched, flat)
     cfg = Config.from_flat(flat).validate()
-    resume = checkpoints.restored(required=("model", "epoch", "history"))
+    resume, warning = checkpoints.restored(required=("model", "epoch", "history"))
     # Where this (re)start runs: reported with every epoch (Optuna user attributes) and tagged on the MLflow run.
     runtime = ray.get_runtime_context()
     placement = {"node_id": runtime.get_node_id(),
                  "gpu_ids": ",".join(runtime.get_accelerator_ids().get("GPU", [])),
                  "start_epoch": int(resume["epoch"]) if resume else 0}
-    tracking.set_tags(ctx.tracking, run_id, placement)
+    tracking.set_tags(ctx.tracking, run_id, {**placement, **({"inpaint.warning": warning} if warning else {})})
     logged = tracking.last_logged_epoch(ctx.tracking, run_id)  # > 0 only for a trial restarted after a loss
     if resume is not None:
         # The driver may have died between our checkpoint and its record of that epoch: say it again
