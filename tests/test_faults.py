@@ -4,16 +4,21 @@ exactly as an uninterrupted search leaves them. Real processes, real Ray, Optuna
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from servers import free_port
 
 from search import run
 from search.core.checkpoint import load_checkpoint
@@ -168,3 +173,64 @@ def test_a_truncated_checkpoint_found_on_resume_restarts_its_trial_with_a_warnin
         assert "could not be used" in warned[number] and "started over" in warned[number], warned
         assert trials[number].user_attrs["placements"][-1]["start_epoch"] == 0
     assert not any(warned[n] for n in warned if n not in cut)
+
+
+def _get(url: str, body: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0  # not up yet
+
+
+def test_dashboards_reading_the_stores_while_the_search_writes_never_lock_it(tmp_path):
+    """optuna-dashboard and the MLflow UI open on the search's SQLite files (started first, as a user watching a
+    search would) and read them four times a second throughout the search: no "database is locked" anywhere."""
+    study_file = tmp_path / "faults.py"
+    study_file.write_text(STUDY.replace("steps_per_epoch=8", "steps_per_epoch=16"))
+    results = tmp_path / "results"
+    results.mkdir()
+    # optuna-dashboard 0.21 cannot start on an empty file (it reads a table it has not created): make the tables.
+    optuna.storages.RDBStorage(f"sqlite:///{results / 'optuna.db'}").engine.dispose()
+    bin_dir = Path(sys.executable).parent
+    ports = {"optuna": free_port(), "mlflow": free_port()}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+             for cmd in ([str(bin_dir / "optuna-dashboard"), f"sqlite:///{results / 'optuna.db'}", "--host",
+                          "127.0.0.1", "--port", str(ports["optuna"]), "--quiet"],
+                         [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{results / 'mlflow.db'}",
+                          "--host", "127.0.0.1", "--port", str(ports["mlflow"]), "--workers", "1"])]
+    optuna_api = f"http://127.0.0.1:{ports['optuna']}/api/studies"
+    mlflow_api = f"http://127.0.0.1:{ports['mlflow']}/ajax-api/2.0/mlflow/runs/search"
+    default = json.dumps({"experiment_ids": ["0"], "max_results": 100}).encode()  # exists in a fresh store
+    study = json.dumps({"experiment_ids": ["1"], "max_results": 100}).encode()  # the search's, once it made it
+    try:
+        deadline = time.monotonic() + 120
+        while _get(optuna_api) != 200 or _get(mlflow_api, default) != 200:
+            assert time.monotonic() < deadline, "the dashboards did not come up"
+            time.sleep(0.5)
+        search = subprocess.Popen([sys.executable, "-m", "search.run", "--study", str(study_file), "--results",
+                                   str(results)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        procs.append(search)
+        answered = 0
+        while search.poll() is None:  # both stores read throughout the search, the trials' runs too
+            statuses = (_get(optuna_api), _get(mlflow_api, default), _get(mlflow_api, study))
+            assert statuses[:2] == (200, 200) and statuses[2] in (200, 400, 404), f"the dashboards answered {statuses}"
+            answered += statuses[2] == 200
+            time.sleep(0.25)
+        out = search.stdout.read().decode(errors="replace")
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    logs = "".join(p.stdout.read().decode(errors="replace") for p in procs[:2])
+    assert search.returncode == 0, out[-3000:]
+    assert answered >= 20, answered
+    assert "database is locked" not in out + logs
+    trials = optuna.load_study(study_name="faults", storage=f"sqlite:///{results / 'optuna.db'}").get_trials()
+    assert len(trials) == 5 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
