@@ -234,3 +234,66 @@ def test_dashboards_reading_the_stores_while_the_search_writes_never_lock_it(tmp
     assert "database is locked" not in out + logs
     trials = optuna.load_study(study_name="faults", storage=f"sqlite:///{results / 'optuna.db'}").get_trials()
     assert len(trials) == 5 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+def _listening(group: int) -> dict[str, list[str]]:
+    """Local address -> command names, for every listening TCP socket of the processes in that process group."""
+    owners: dict[str, str] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(proc.name)) != group:
+                continue
+            name = (proc / "comm").read_text().strip()
+            for fd in (proc / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    owners[link[8:-1]] = name
+        except OSError:
+            continue
+    found: dict[str, list[str]] = {}
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in owners:  # 0A: LISTEN
+                continue
+            address = local.split(":")[0]
+            raw = bytes.fromhex(address)
+            # /proc writes each 32-bit word in host (little-endian) order
+            ip = b"".join(raw[i: i + 4][::-1] for i in range(0, len(raw), 4))
+            text = ".".join(map(str, ip)) if width == 8 else ip.hex()
+            found.setdefault(text, []).append(owners[inode])
+    return found
+
+
+LOOPBACK = {"127.0.0.1", "0" * 20 + "ffff7f000001", "0" * 31 + "1"}  # IPv4, IPv4-mapped IPv6, ::1
+
+
+def test_the_private_ray_cluster_of_a_search_listens_on_loopback_only(tmp_path):
+    study_file = tmp_path / "faults.py"
+    study_file.write_text(STUDY.replace("steps_per_epoch=8", "steps_per_epoch=16"))
+    results = tmp_path / "results"
+    search = subprocess.Popen([sys.executable, "-m", "search.run", "--study", str(study_file), "--results",
+                               str(results)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # once trials run, every kind of Ray process is up: GCS, raylet, agents, workers
+            assert time.monotonic() < deadline and search.poll() is None, "no trial ever ran"
+            try:
+                trials = optuna.load_study(study_name="faults", storage=f"sqlite:///{results / 'optuna.db'}")
+                if any(t.intermediate_values for t in trials.get_trials(deepcopy=False)):
+                    break
+            except (KeyError, Exception):  # noqa: BLE001  (the study does not exist yet)
+                pass
+            time.sleep(0.5)
+        sockets = _listening(search.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(search.pid, signal.SIGKILL)
+    owners = {name for names in sockets.values() for name in names}
+    assert {"gcs_server", "raylet"} <= owners, sockets  # the cluster's processes were found
+    exposed = {address: names for address, names in sockets.items() if address not in LOOPBACK}
+    assert not exposed, f"listening beyond loopback: {exposed}"

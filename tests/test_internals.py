@@ -74,3 +74,14 @@ def test_asha_keeps_its_rungs_per_bracket_and_its_metric_sign():
     [bracket] = sched._brackets
     milestones = [m for m, recorded in bracket._rungs]
     assert milestones == [4, 2, 1] and all(r == {} for _, r in bracket._rungs), "_Bracket._rungs moved"
+
+
+def test_ray_reads_its_single_machine_switch_when_a_node_starts():
+    from ray._private import ray_constants, services
+
+    from search.tune.plan import loopback_only
+
+    assert isinstance(ray_constants.ENABLE_RAY_CLUSTER, bool), "ray_constants.ENABLE_RAY_CLUSTER moved"
+    with loopback_only():
+        assert services.get_node_ip_address() == "127.0.0.1", "services.get_node_ip_address ignores the switch"
+    assert ray_constants.ENABLE_RAY_CLUSTER is True  # put back: clusters joined with --address keep Ray's rules

@@ -5,7 +5,9 @@ Every path is made absolute here in the driver: a trial's working directory is a
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,24 @@ class RunPlan:
         })
 
 
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Make a private Ray cluster listen on 127.0.0.1 only. Ray binds its servers (GCS, raylet, workers, agents)
+    to all interfaces unless its node address is a loopback one, and on Linux it replaces an asked-for 127.0.0.1
+    by the machine's address unless `ray_constants.ENABLE_RAY_CLUSTER` is off (its switch for single-machine
+    platforms), which is read only while the node starts: off for that moment, so nobody else on the network
+    reaches the cluster's unauthenticated ports. Private (tests/test_internals.py checks it); `--address` clusters
+    keep Ray's own rules."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
 def _start_ray(address: str) -> None:
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:
@@ -85,7 +105,8 @@ def _start_ray(address: str) -> None:
             ray.init(address=address, **quiet)
         else:
             # A private cluster: a bare ray.init() would join whatever cluster /tmp/ray last recorded.
-            ray.init(address="local", include_dashboard=False, **quiet)
+            with loopback_only():
+                ray.init(address="local", include_dashboard=False, **quiet)
     except Exception as exc:  # Ray raises bare Exception / ConnectionError on start-up failures
         if ray.is_initialized():
             ray.shutdown()
