@@ -22,7 +22,8 @@ from PIL import Image, ImageOps
 from data.cache import SKIPPED, is_cache, load_cache, read_rows
 from data.corrupt import Corruption, fixed_mask
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})  # GIF: first frame
+MIN_SIDE = 32  # px: a smaller image holds less than one hole; upscaled to 256 it would teach the model blur
 DEFAULT_IMAGES = Path(__file__).parent / "default_images"
 SPLITS = ("train", "val", "test")
 # Validation and test holes are derived from these seeds, so every run is judged on the same holes.
@@ -42,13 +43,15 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.
 
 
 def scan(root: Path) -> list[Path]:
-    """Every image file below `root` (by extension, case-insensitive), sorted, hidden files excluded."""
+    """Every image file below `root` (by extension, case-insensitive), sorted, hidden files excluded. A dangling
+    symlink is listed too: it fails to open and is reported with the others, instead of vanishing unsaid."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
     return sorted(
         p for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTS and p.is_file() and not p.name.startswith(".")
+        if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")
+        and (p.is_file() or (p.is_symlink() and not p.exists()))
     )
 
 
@@ -134,6 +137,13 @@ class LoadReport:
         text = f"{self.root}: {self.found} image files, kept {kept}; skipped {len(self.skipped)} unreadable"
         return text + f" ({self.seconds:.1f} s)"
 
+    def skipped_lines(self, limit: int = 20) -> list[str]:
+        """One line per skipped file with its reason (the first `limit`, then how many more)."""
+        lines = [f"skipped {name}: {reason}" for name, reason in self.skipped[:limit]]
+        if len(self.skipped) > limit:
+            lines.append(f"... and {len(self.skipped) - limit} more")
+        return lines
+
 
 @dataclass
 class ImageSet:
@@ -198,7 +208,7 @@ def load_splits(
 
     def work(i: int) -> tuple[int, np.ndarray | None, str]:
         try:
-            return i, load_image(files[i], size), ""
+            return i, load_image(files[i], size, MIN_SIDE), ""
         except DECODE_ERRORS as exc:  # a bad file means "skip this file", never "stop the run"
             return i, None, f"{type(exc).__name__}: {exc}"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from data.cache import INDEX, META, PIXELS, SKIPPED, read_rows
-from data.images import DECODE_ERRORS, DataError, load_image, scan, split_of
+from data.images import DECODE_ERRORS, MIN_SIDE, DataError, load_image, scan, split_of
 
 CHUNK = 256
 
@@ -29,7 +29,7 @@ def _decode(src: Path, rel: str, size: int, min_side: int) -> tuple[str, np.ndar
         return rel, None, f"{type(exc).__name__}: {exc}"
 
 
-def prepare(src: Path, out: Path, size: int = 256, workers: int = 4, min_side: int = 32) -> dict:
+def prepare(src: Path, out: Path, size: int = 256, workers: int = 4, min_side: int = MIN_SIDE) -> dict:
     """Build or continue the cache; returns counts and the decode rate."""
     src, out = Path(src).resolve(), Path(out)
     files = [p.relative_to(src).as_posix() for p in scan(src)]

@@ -16,14 +16,23 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from data.corrupt import Corruption, apply_mask, composite, draw_mask
-from data.images import DECODE_ERRORS, scan, to_rgb
+from data.images import DECODE_ERRORS, MIN_SIDE, scan, to_rgb
 from search.core.progress import Progress
 
 
 def read_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as img:
+        if min(img.size) < MIN_SIDE:
+            raise ValueError(f"tiny: {img.size[0]}x{img.size[1]} (under {MIN_SIDE} px, smaller than one hole)")
         img.load()
         return np.asarray(to_rgb(ImageOps.exif_transpose(img)), dtype=np.uint8).copy()
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    """Written whole or not at all: an interrupted run leaves no half-written output."""
+    tmp = path.with_name(path.name + ".tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
 
 
 def reference_mask(height: int, width: int, corruption: Corruption, seed: int, name: str) -> np.ndarray:
@@ -82,9 +91,9 @@ def inpaint_folder(
             continue
         target = out / rel.with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(result).save(target)
+        _save_png(Image.fromarray(result), target)
         if masks is None:
-            Image.fromarray(mask.astype(np.uint8) * 255).save(target.with_name(target.stem + "_mask.png"))
+            _save_png(Image.fromarray(mask.astype(np.uint8) * 255), target.with_name(target.stem + "_mask.png"))
         done += 1
     progress(len(files), len(files))
     return done, skipped

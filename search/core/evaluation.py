@@ -31,6 +31,8 @@ def compare(model: torch.nn.Module, cfg: Config, root: Path, images: int, device
     """Score `model` and every baseline on the test split of `root`; print and save the table and comparison."""
     sets, report = load_splits(root, cfg.data.image_size, cfg.data.val_fraction, cfg.data.test_fraction,
                                {"train": 0, "val": 0, "test": images}, cfg.data.workers, Progress("decoding"))
+    for line in report.skipped_lines():
+        print(f"evaluate: {line}")
     test = sets["test"]
     if len(test) == 0:
         raise DataError(f"the test split of {root} is empty (test fraction {cfg.data.test_fraction}); add images")

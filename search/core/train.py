@@ -67,8 +67,8 @@ def load_data(cfg: Config, progress: Callable[[int, int], None] | None = None) -
         limits["train"] = d.train_images
     sets, report = load_splits(root, d.image_size, d.val_fraction, d.test_fraction, limits, d.workers, progress)
     print(f"data: {report.summary()}", file=sys.stderr)
-    if report.skipped:
-        print(f"data: first unreadable file: {report.skipped[0][0]} ({report.skipped[0][1]})", file=sys.stderr)
+    for line in report.skipped_lines():
+        print(f"data: {line}", file=sys.stderr)
     return sets
 
 

@@ -44,9 +44,10 @@ class ProgressLine(tune.Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         # Tune restarts a trial whose worker or node died (FailureConfig); said, so a retry is never silent.
         r = trial.last_result or self.last.get(trial.trial_id, {})
-        print(f"trial {trial.config.get(OPTUNA_NUMBER_KEY, '?')}: failed on node {str(r.get('node_id', '?'))[:12]} "
-              f"after {r.get('epoch', 0)} epoch(s) ({fail_reason(trial.trial_id)[:160]}); retrying from its last "
-              f"checkpoint (failure {trial.num_failures} of {trial.max_failures} allowed)", flush=True)
+        where = f" on node {str(r['node_id'])[:12]}" if r.get("node_id") else ""
+        print(f"trial {trial.config.get(OPTUNA_NUMBER_KEY, '?')}: failed{where} after {r.get('epoch', 0)} epoch(s) "
+              f"({fail_reason(trial.trial_id)[:160]}); retrying from its last checkpoint (failure "
+              f"{trial.num_failures} of {trial.max_failures} allowed)", flush=True)
 
 
 class MlflowStatus(tune.Callback):
