@@ -18,6 +18,17 @@ def is_cache(path: Path) -> bool:
     return (Path(path) / META).is_file()
 
 
+def drop_partial_line(path: Path) -> None:
+    """Cut a last line that was never finished (a write stopped by a full disk or a kill), so rows appended next
+    start on a line of their own."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
 def read_rows(path: Path) -> list[list[str]]:
     """Tab-separated lines of an index or skip list (none if the file does not exist yet)."""
     if not path.exists():

@@ -8,6 +8,7 @@ one; training reads the cache (any `--data` that holds a meta.json) without deco
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.cache import INDEX, META, PIXELS, SKIPPED, read_rows
+from data.cache import INDEX, META, PIXELS, SKIPPED, drop_partial_line, read_rows
 from data.images import DECODE_ERRORS, MIN_SIDE, DataError, load_image, scan, split_of
 
 CHUNK = 256
@@ -41,6 +42,8 @@ def prepare(src: Path, out: Path, size: int = 256, workers: int = 4, min_side: i
         meta = json.loads(meta_path.read_text())
         if meta["size"] != size:
             raise DataError(f"{out} holds a {meta['size']} px cache; use --size {meta['size']} or another --out")
+    for listing in (out / INDEX, out / SKIPPED):
+        drop_partial_line(listing)
     rows, skipped = read_rows(out / INDEX), read_rows(out / SKIPPED)
     done = {r[2] for r in rows} | {r[0] for r in skipped}
     n_rows = len(rows)
@@ -90,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = prepare(Path(args.src), Path(args.out), args.size, args.workers, args.min_side)
     except (DataError, OSError) as exc:
-        print(f"prepare: error: {exc}", file=sys.stderr)
+        hint = ""
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            hint = (f"; what is in {args.out} is consistent: free some space and run the same command again, it "
+                    "continues where it stopped")
+        print(f"prepare: error: {exc}{hint}", file=sys.stderr)
         return 2
     if result["new"] == 0:
         print(f"prepare: nothing to do, {args.out} already holds all {result['images']} images")

@@ -4,6 +4,7 @@ one-line errors. Used by the command modules only; no library module imports thi
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -54,6 +55,9 @@ def set_overrides(cfg: Config, pairs: list[str]) -> Config:
 def fail(tool: str, exc: BaseException) -> int:
     """Print a one-line error (no traceback) and return the exit code 2."""
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        msg += ("; every file written so far is whole (checkpoints are replaced atomically): free some space and run "
+                "the same command again, it continues from the last complete checkpoint")
     print(f"{tool}: error: {msg}", file=sys.stderr)
     return 2
 

@@ -7,6 +7,7 @@ truncated, empty or foreign file is an error that names the file.
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import shutil
@@ -57,7 +58,16 @@ def save_checkpoint(checkpoint: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(checkpoint, tmp)
+    # Serialised in memory first: torch's own file writer reports a full disk as "unexpected pos ..."; a plain
+    # write raises OSError(ENOSPC), which the commands turn into what to do.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a Ctrl-C: no half-written file left beside the good one
+        raise
     tmp.replace(path)
     return path
 
