@@ -297,3 +297,55 @@ def test_the_private_ray_cluster_of_a_search_listens_on_loopback_only(tmp_path):
     assert {"gcs_server", "raylet"} <= owners, sockets  # the cluster's processes were found
     exposed = {address: names for address, names in sockets.items() if address not in LOOPBACK}
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def test_three_searches_and_a_retrain_share_one_results_folder_without_cross_talk(tmp_path):
+    """A short soak: three studies searched one after the other in one results folder, `retrain_best` of the first
+    running beside the third. Each study keeps its own Optuna trials, MLflow experiment and runs, state file and
+    checkpoints; nothing is locked out, nothing lands in another study."""
+    results = tmp_path / "results"
+    files = {}
+    for name, trials in (("soak_a", 3), ("soak_b", 2), ("soak_c", 4)):
+        files[name] = tmp_path / f"{name}.py"
+        files[name].write_text(STUDY.replace('name="faults"', f'name="{name}"').replace("trials=5", f"trials={trials}"))
+    for name in ("soak_a", "soak_b"):
+        assert run.main(["--study", str(files[name]), "--results", str(results)]) == 0
+    third = subprocess.Popen([sys.executable, "-m", "search.run", "--study", str(files["soak_c"]), "--results",
+                              str(results)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        retrain = subprocess.run([sys.executable, "-m", "search.retrain_best", "--study", str(files["soak_a"]),
+                                  "--results", str(results), "--images", "12", "--epochs", "2", "--eval-images", "4"],
+                                 capture_output=True, text=True, timeout=600)
+        out = third.communicate(timeout=600)[0].decode(errors="replace")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(third.pid, signal.SIGKILL)
+    assert retrain.returncode == 0, retrain.stdout[-2000:] + retrain.stderr[-2000:]
+    assert third.returncode == 0, out[-3000:]
+    assert "database is locked" not in out + retrain.stdout + retrain.stderr
+
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    assert sorted(s.study_name for s in optuna.get_all_study_summaries(storage)) == ["soak_a", "soak_b", "soak_c"]
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    for name, count in (("soak_a", 3), ("soak_b", 2), ("soak_c", 4)):
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+        assert len(trials) == count and all(t.state.is_finished() for t in trials)
+        state = json.loads((results / "runs" / f"{name}.json").read_text())
+        exp = client.get_experiment_by_name(name)
+        runs = client.search_runs([exp.experiment_id])
+        parents = [r for r in runs if r.data.tags.get("inpaint.role") == "search"]
+        assert [p.info.run_id for p in parents] == [state["parent_run_id"]]
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert sorted(int(r.data.tags["optuna_trial"]) for r in children) == list(range(count))
+        assert all(r.data.tags["mlflow.parentRunId"] == state["parent_run_id"] for r in children)
+        assert all(r.data.tags["study"] == name for r in runs)
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+        # Each study's checkpoints under its own folder, for its own trials only.
+        kept = {p.parent.parent.name.split("_")[1] for p in (results / "ray" / name).glob("*/checkpoint_*/*.pt")}
+        assert kept == {f"{t.number:04d}" for t in trials if t.state == TrialState.COMPLETE}
+    retrained = [r for r in client.search_runs([client.get_experiment_by_name("soak_a").experiment_id])
+                 if r.data.tags.get("source_trial") is not None]
+    assert len(retrained) == 1 and retrained[0].info.status == "FINISHED"
+    best_a = optuna.load_study(study_name="soak_a", storage=storage).best_trial
+    assert retrained[0].data.tags["source_trial"] == str(best_a.number)
+    assert (results / "best" / "soak_a" / "model.pt").exists() and not (results / "best" / "soak_c").exists()
