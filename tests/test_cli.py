@@ -38,7 +38,7 @@ def test_overfit_skips_bad_images_and_reports_them(tmp_path, capsys):
     for p in sorted(DEFAULT_IMAGES.glob("*.jpg"))[:8]:
         shutil.copy(p, tmp_path / p.name)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    Image.new("RGB", (10, 10)).save(tmp_path / "ok.png")
+    Image.new("RGB", (40, 40)).save(tmp_path / "ok.png")  # small but above data.images.MIN_SIDE
     # 9 readable images wanted out of 10 files: every file is tried, so the broken one is met and counted.
     code = overfit.main(["--data", str(tmp_path), "--images", "9", "--size", "64", "--steps", "2", "--every", "2",
                          "--min-ratio", "0", *TINY])

@@ -101,3 +101,44 @@ def test_a_retrain_whose_checkpoint_meets_a_full_disk_continues_after(tmp_path, 
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming after epoch 1" in again.stdout
     assert load_checkpoint(out / "model.pt", required=("model", "config"))["config"]["train.epochs"] == 3
+
+
+SEARCH = '''
+"""Test study: every trial to the full budget, checkpoints of ~200 KB."""
+from search.tune.study import Budget, Study
+
+def space(trial):
+    trial.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+
+STUDY = Study(
+    name="full", description="", space=space, asha=None,
+    fixed={"model.depth": 2, "model.width": 8, "train.batch_size": 4, "loss.w_perceptual": 0.0,
+           "train.precision": "fp32", "data.workers": 1},
+    budget=Budget(trials=4, epochs=3, train_images=8, val_images=4, image_size=64, steps_per_epoch=4,
+                  max_concurrent=2, val_fraction=0.2, test_fraction=0.2),
+)
+'''
+
+
+def test_a_search_whose_checkpoint_storage_fills_up_stops_and_resumes(tmp_path, small_disk):
+    (tmp_path / "full.py").write_text(SEARCH)
+    results = tmp_path / "results"
+    small_disk.resize(640 * 1024)  # Tune's files and three checkpoints; four trials keep four final ones
+    args = ["search.run", "--study", str(tmp_path / "full.py"), "--results", str(results), "--storage-path",
+            str(small_disk.path / "ray")]
+    full = _run(*args)
+    text = full.stdout + full.stderr
+    assert full.returncode == 130, text[-3000:]
+    assert "a disk is full" in text and "--resume" in text
+    assert "Traceback" not in text
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    assert not [t for t in optuna.load_study(study_name="full", storage=storage).get_trials()
+                if t.state == TrialState.FAIL]  # stopped, not failed
+
+    small_disk.resize(64 * 1024 * 1024)
+    again = _run(*args[:-2], "--resume")  # the storage path comes from the search's state
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    trials = optuna.load_study(study_name="full", storage=storage).get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        load_checkpoint(Path(t.user_attrs["checkpoint"]) / "checkpoint.pt", required=("model", "epoch"))

@@ -1,10 +1,14 @@
-"""Driver-side Tune callbacks: one line per finished trial, MLflow end statuses, checkpoint clean-up.
+"""Driver-side Tune callbacks: one line per finished trial, MLflow end statuses, checkpoint clean-up, and a stop
+(as Ctrl-C) when a disk is full.
 
 They run in the driver, so a trial that Tune stops between two reports (ASHA, a time budget) still gets its MLflow
 status and its checkpoint decision: code after the trainable's last report may never run.
 """
 
 from __future__ import annotations
+
+import os
+import signal
 
 from ray import tune
 
@@ -81,3 +85,31 @@ class CheckpointJanitor(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._delete(trial)
+
+
+DISK_FULL: list[str] = []  # in the driver: the reason, once a full disk stopped the search
+
+
+class StopWhenStorageIsFull(tune.Callback):
+    """A trial that fails because a disk is full stops the whole search the way Ctrl-C does (Tune saves its state,
+    running trials stay unfinished), instead of every trial failing in turn: once space is freed, `--resume`
+    continues them from their checkpoints. Said once, with what to do."""
+
+    def __init__(self, resume_hint: str):
+        self.resume_hint, self.stopping = resume_hint, False
+
+    def _check(self, trial) -> None:
+        reason = fail_reason(trial.trial_id)
+        if self.stopping or "No space left on device" not in reason:
+            return
+        self.stopping = True
+        DISK_FULL.append(reason)
+        print(f"search.run: a disk is full ({reason[:200]}): stopping the search; free some space, then continue "
+              f"with {self.resume_hint}", flush=True)
+        os.kill(os.getpid(), signal.SIGINT)  # Tune's own graceful stop, as a Ctrl-C
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._check(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._check(trial)

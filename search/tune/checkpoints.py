@@ -99,14 +99,19 @@ def delete_trial_checkpoints(fs: pafs.FileSystem, trial_dir: str) -> int:
     return len(found)
 
 
-def _snapshot(fs: pafs.FileSystem, exp_dir: str) -> dict[str, Any] | None:
+def _snapshot(fs: pafs.FileSystem, exp_dir: str, changed: list[str]) -> dict[str, Any] | None:
+    """Tune's newest readable experiment snapshot. A newer one cut short (a full disk, a kill mid-write) is moved
+    aside, since Tune would choose it (the newest by name) and fail on it."""
     infos = fs.get_file_info(pafs.FileSelector(exp_dir, allow_not_found=True))
     snaps = [i for i in infos if i.base_name.startswith("experiment_state") and i.base_name.endswith(".json")]
-    if not snaps:
-        return None
-    newest = max(snaps, key=lambda i: i.base_name)  # as Tune chooses: the timestamp in the name
-    with fs.open_input_stream(newest.path) as f:
-        return json.loads(f.read())
+    for info in sorted(snaps, key=lambda i: i.base_name, reverse=True):  # as Tune chooses: the time in the name
+        try:
+            with fs.open_input_stream(info.path) as f:
+                return json.loads(f.read())
+        except (OSError, ValueError) as exc:
+            fs.move(info.path, info.path + ".unreadable")
+            changed.append(f"{info.base_name}: unreadable ({type(exc).__name__}), set aside; an earlier one is used")
+    return None
 
 
 def repair_before_restore(exp_uri: str) -> list[str]:
@@ -116,8 +121,8 @@ def repair_before_restore(exp_uri: str) -> list[str]:
     from ray.tune.trainable.metadata import _TrainingRunMetadata
 
     fs, exp_dir = fs_and_path(exp_uri)
-    state = _snapshot(fs, exp_dir)
     changed: list[str] = []
+    state = _snapshot(fs, exp_dir, changed)
     for _, runtime in (state or {}).get("trial_data", []):
         manager = _TrainingRunMetadata.from_json_state(runtime).checkpoint_manager
         latest = manager.latest_checkpoint_result if manager else None

@@ -19,7 +19,7 @@ from search.core.config import Config
 from search.core.train import load_data
 from search.tracking import runs as tracking
 from search.tune import summary as summ
-from search.tune.callbacks import CheckpointJanitor, MlflowStatus, ProgressLine
+from search.tune.callbacks import DISK_FULL, CheckpointJanitor, MlflowStatus, ProgressLine, StopWhenStorageIsFull
 from search.tune.checkpoints import repair_before_restore
 from search.tune.plan import RunPlan
 from search.tune.scheduler import ResumableASHA
@@ -111,13 +111,20 @@ def run(plan: RunPlan, study: Study, probe: Probe | None = None) -> dict[str, An
                 failure_config=tune.FailureConfig(max_failures=RETRIES),
                 callbacks=[TrialRegistry(), MlflowStatus(plan.tracking, plan.budget.epochs),
                            CheckpointJanitor(plan.budget.epochs),
-                           ProgressLine(study.objective, plan.budget.epochs, plan.budget.trials)]),
+                           ProgressLine(study.objective, plan.budget.epochs, plan.budget.trials),
+                           StopWhenStorageIsFull(f"python -m search.run --study {plan.study_arg} --results "
+                                                 f"{plan.results} --resume")]),
         )
     plan.write_state()
-    grid = tuner.fit()
-    # Ctrl-C makes fit() return early with unfinished trials; a time budget ends the search on purpose.
-    all_ended = grid.num_terminated + grid.num_errors == len(grid)
-    finished = all_ended and (len(grid) >= plan.budget.trials or bool(plan.time_budget))
+    try:
+        grid = tuner.fit()
+    except (OSError, EOFError):
+        if not DISK_FULL:
+            raise
+        grid = None  # Tune could not read its own files back from the full disk; the stores hold the truth
+    # Ctrl-C (or a full disk) makes fit() return early with unfinished trials; a time budget ends it on purpose.
+    all_ended = grid is not None and grid.num_terminated + grid.num_errors == len(grid)
+    finished = all_ended and not DISK_FULL and (len(grid) >= plan.budget.trials or bool(plan.time_budget))
     faults.hit("summary")
     orphans = tracking.close_parent(plan.tracking, "FINISHED" if finished else "KILLED")
     report = summ.summarise(plan.storage, study.name, study.mode)
