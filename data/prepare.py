@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="cache folder (created; re-run to continue)")
     p.add_argument("--size", type=int, default=256, help="square size of the cached images (default 256)")
     p.add_argument("--workers", type=int, default=4, help="decoding threads (default 4)")
-    p.add_argument("--min-side", type=int, default=32, help="skip images whose short side is smaller (default 32)")
+    p.add_argument("--min-side", type=int, default=MIN_SIDE,
+                   help=f"skip images whose short side is smaller (default {MIN_SIDE})")
     args = p.parse_args(argv)
     try:
         result = prepare(Path(args.src), Path(args.out), args.size, args.workers, args.min_side)

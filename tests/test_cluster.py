@@ -16,9 +16,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from search import retrain_best, run
-from search.core.checkpoint import load_model
+from search.core.checkpoint import TRIAL_FILE, load_model
 from search.tracking.registry import model_name
-from search.tune.checkpoints import FILE
 
 pytestmark = pytest.mark.slow
 
@@ -87,9 +86,9 @@ def test_search_on_postgres_and_an_mlflow_server_then_retrain_best(tmp_path, pos
 
     # The full-budget trials keep their final weights in the run's storage; the others keep nothing.
     for t in trials:
-        kept = list((results / "ray" / "smoke").glob(f"*/checkpoint_*/{FILE}"))
+        kept = list((results / "ray" / "smoke").glob(f"*/checkpoint_*/{TRIAL_FILE}"))
         if t.state == TrialState.COMPLETE:
-            assert Path(t.user_attrs["checkpoint"]) / FILE in kept
+            assert Path(t.user_attrs["checkpoint"]) / TRIAL_FILE in kept
             model, cfg = load_model(t.user_attrs["checkpoint"])  # the folder, as the summary prints it
             assert cfg.train.epochs == 3
     assert len(kept) == len(complete)

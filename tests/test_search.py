@@ -233,28 +233,36 @@ STUDY = Study(
 '''
 
 
-def test_sigkilled_search_resumes_without_duplicates(tmp_path):
-    study_file = tmp_path / "slow.py"
-    study_file.write_text(SLOW_STUDY)
-    results = tmp_path / "results"
+def _kill_search_when(study_file: Path, results: Path, study: str, ready, interval: float, what: str) -> list:
+    """Start `search.run` on a study file, SIGKILL its whole process group once `ready(trials)` holds for the
+    study's Optuna trials (polled every `interval` s, for at most 240 s; `what` names the state in the failure),
+    and return the trials seen at that moment."""
     cmd = [sys.executable, "-m", "search.run", "--study", str(study_file), "--results", str(results)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     storage = f"sqlite:///{results / 'optuna.db'}"
     deadline = time.time() + 240
     try:
-        while time.time() < deadline:  # kill once at least one trial has finished and others are running
-            time.sleep(1)
+        while time.time() < deadline:
+            time.sleep(interval)
             try:
-                trials = optuna.load_study(study_name="slow", storage=storage).get_trials(deepcopy=False)
+                trials = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
             except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the driver has not created the study yet
                 continue
-            if any(t.state.is_finished() for t in trials) and any(not t.state.is_finished() for t in trials):
-                break
-        else:
-            pytest.fail("the search never reached a state worth interrupting")
+            if ready(trials):
+                return trials
+        pytest.fail(f"the search never reached {what}")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_sigkilled_search_resumes_without_duplicates(tmp_path):
+    study_file = tmp_path / "slow.py"
+    study_file.write_text(SLOW_STUDY)
+    results = tmp_path / "results"
+    # Killed once at least one trial has finished and others are running.
+    _kill_search_when(study_file, results, "slow", lambda trials: any(t.state.is_finished() for t in trials)
+                      and any(not t.state.is_finished() for t in trials), 1.0, "a state worth interrupting")
     assert run.main(["--study", str(study_file), "--results", str(results), "--resume"]) == 0
     _, trials, _, parents, children = _stores(results, "slow")
     assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
@@ -296,24 +304,9 @@ def test_a_resumed_search_prunes_as_the_uninterrupted_one(tmp_path):
     expected = _decisions(whole)
     assert len(expected) == 7 and {s for _, s, _ in expected} == {"COMPLETE", "PRUNED"}
 
-    cmd = [sys.executable, "-m", "search.run", "--study", str(study_file), "--results", str(cut)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    storage = f"sqlite:///{cut / 'optuna.db'}"
-    deadline = time.time() + 240
-    try:  # killed once three trials have ended: the rungs then hold records the resumed search must know
-        while time.time() < deadline:
-            time.sleep(0.5)
-            try:
-                trials = optuna.load_study(study_name="rungs", storage=storage).get_trials(deepcopy=False)
-            except (KeyError, sqlalchemy.exc.SQLAlchemyError):
-                continue
-            if sum(t.state.is_finished() for t in trials) >= 3:
-                break
-        else:
-            pytest.fail("the search never reached three finished trials")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    # Killed once three trials have ended: the rungs then hold records the resumed search must know.
+    trials = _kill_search_when(study_file, cut, "rungs", lambda trials: sum(t.state.is_finished() for t in trials)
+                               >= 3, 0.5, "three finished trials")
     ended_before = sum(t.state.is_finished() for t in trials)
     assert ended_before < 7
     assert run.main(["--study", str(study_file), "--results", str(cut), "--resume"]) == 0

@@ -36,6 +36,11 @@ class Tracking:
     study: str
 
 
+def is_local(uri: str) -> bool:
+    """A tracking store that is a file on this machine (not a server every node can reach)."""
+    return uri.startswith(("sqlite:", "file:", "/"))
+
+
 def check_store(uri: str) -> None:
     """Open the tracking store once (a quick, non-retried request for a server) or raise a StoreError naming it."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # "creating database tables" is not news; errors still are
@@ -64,8 +69,7 @@ def start(
     if exp is None:
         # Fixed at creation: a local store needs an absolute artifact root, or trials would write into their
         # throwaway folders; a tracking server chooses its own (trials on other nodes must reach it).
-        local = uri.startswith(("sqlite:", "file:", "/"))
-        location = artifact_root.resolve().as_uri() if artifact_root and local else None
+        location = artifact_root.resolve().as_uri() if artifact_root and is_local(uri) else None
         exp_id = client.create_experiment(study, artifact_location=location)
     else:
         exp_id = exp.experiment_id

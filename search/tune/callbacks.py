@@ -96,13 +96,12 @@ class StopWhenStorageIsFull(tune.Callback):
     continues them from their checkpoints. Said once, with what to do."""
 
     def __init__(self, resume_hint: str):
-        self.resume_hint, self.stopping = resume_hint, False
+        self.resume_hint = resume_hint
 
     def _check(self, trial) -> None:
         reason = fail_reason(trial.trial_id)
-        if self.stopping or "No space left on device" not in reason:
+        if DISK_FULL or "No space left on device" not in reason:
             return
-        self.stopping = True
         DISK_FULL.append(reason)
         print(f"search.run: a disk is full ({reason[:200]}): stopping the search; free some space, then continue "
               f"with {self.resume_hint}", flush=True)

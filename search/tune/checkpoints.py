@@ -30,7 +30,7 @@ from search.core import faults
 from search.core.checkpoint import TRIAL_FILE, CheckpointError, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
-FILE, META = TRIAL_FILE, "epoch.json"
+META = "epoch.json"  # beside TRIAL_FILE: the epoch, read without loading the checkpoint
 _staging: list[Path] = []  # this process's staging folder (reused actors write every trial's epochs through it)
 
 
@@ -53,7 +53,7 @@ def stage(ckpt: dict[str, Any]) -> tune.Checkpoint:
         _staging.append(Path(tempfile.mkdtemp(prefix="inpaint-ckpt-")))
         atexit.register(cleanup_staging)
     folder = _staging[0]
-    save_checkpoint(ckpt, folder / FILE)
+    save_checkpoint(ckpt, folder / TRIAL_FILE)
     faults.hit("checkpoint_write")
     (folder / META).write_text(json.dumps({"epoch": int(ckpt["epoch"])}))
     return tune.Checkpoint.from_directory(str(folder))
@@ -68,7 +68,7 @@ def restored(required: tuple[str, ...]) -> tuple[dict[str, Any] | None, str]:
         return None, ""
     with checkpoint.as_directory() as folder:
         try:
-            return load_checkpoint(Path(folder) / FILE, required=required), ""
+            return load_checkpoint(Path(folder) / TRIAL_FILE, required=required), ""
         except CheckpointError as exc:
             warning = f"its checkpoint could not be used ({exc}); the trial started over from epoch 0"
             log.warning(warning)

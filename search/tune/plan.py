@@ -155,7 +155,7 @@ def open_stores(storage: str, tracking_uri: str, results: Path, defaults: set[st
 def check_tracking_reaches_every_node(uri: str, nodes: int, results: Path) -> None:
     """On a cluster of several nodes, a local tracking store would be a different file on every node: refuse it,
     with the tracking server command to run instead."""
-    if nodes <= 1 or not uri.startswith(("sqlite:", "file:", "/")):
+    if nodes <= 1 or not tracking.is_local(uri):
         return
     raise RuntimeError(
         f"the Ray cluster has {nodes} nodes, and trials on other nodes cannot log to the local MLflow store {uri} "

@@ -94,12 +94,12 @@ class TruthfulOptunaSearch(OptunaSearch):
         if where[0] is None or self._placed.get(trial_id) == where:
             return
         self._placed[trial_id] = where
-        node, gpus, start = where
+        entry = dict(zip(PLACEMENT_KEYS, where, strict=True))
         history = list(ot.user_attrs.get("placements", []))  # kept in storage: a resumed driver continues it
-        if not history or history[-1] != {"node_id": node, "gpu_ids": gpus, "start_epoch": start}:
-            history.append({"node_id": node, "gpu_ids": gpus, "start_epoch": start})
-        ot.set_user_attr("node_id", node)
-        ot.set_user_attr("gpu_ids", gpus)
+        if not history or history[-1] != entry:
+            history.append(entry)
+        ot.set_user_attr("node_id", entry["node_id"])
+        ot.set_user_attr("gpu_ids", entry["gpu_ids"])
         ot.set_user_attr("placements", history)
 
     def _report(self, trial_id: str, result: dict) -> None:
